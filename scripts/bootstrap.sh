@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install climgrad into it; cheap when nothing changed.
+#
+# torch is installed first and on its own, because a bare `torch` requirement resolved by pip
+# pulls a multi-GB CUDA build. Override what is installed with:
+#   CLIMGRAD_TORCH="torch==2.13.0"              (the default; a CPU build where one lies on disk)
+#   CLIMGRAD_TORCH_INDEX=<wheel index URL>      (e.g. PyTorch's CUDA index on a GPU machine)
+#   CLIMGRAD_EXTRAS="dev"                       (extras of the project to install)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${CLIMGRAD_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "bootstrap: creating $venv" >&2
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+
+if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+    spec="${CLIMGRAD_TORCH:-torch==2.13.0}"
+    echo "bootstrap: installing $spec" >&2
+    if [ -n "${CLIMGRAD_TORCH_INDEX:-}" ]; then
+        "${pip[@]}" install "$spec" --index-url "$CLIMGRAD_TORCH_INDEX"
+    else
+        "${pip[@]}" install "$spec"
+    fi
+fi
+
+extras="${CLIMGRAD_EXTRAS:-dev}"
+stamp="$venv/.climgrad-installed"
+want="$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras $root"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "bootstrap: installing climgrad[$extras] (editable)" >&2
+    "${pip[@]}" install -e "$root[$extras]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,7 @@
+"""climgrad: differentiable climate-physics parameterizations, calibrated with gradients."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
