@@ -44,7 +44,10 @@ heat_capacity_dry_air = Constant(
     1004.0, "J kg-1 K-1", _WMO, "specific heat of dry air at constant pressure"
 )
 latent_heat_vaporization = Constant(
-    2.501e6, "J kg-1", "Bolton (1980), Mon. Wea. Rev. 108, 1046, at 0 degC", "latent heat of vaporization"
+    2.501e6,
+    "J kg-1",
+    "Bolton (1980), Mon. Wea. Rev. 108, 1046, at 0 degC",
+    "latent heat of vaporization",
 )
 density_water = Constant(1000.0, "kg m-3", _WMO, "density of liquid water")
 heat_capacity_water = Constant(4181.3, "J kg-1 K-1", _WMO, "specific heat of liquid water")
@@ -55,9 +58,7 @@ solar_constant = Constant(
 )
 earth_radius = Constant(6.371e6, "m", "IUGG mean radius", "mean radius of the Earth")
 seconds_per_day = Constant(86400.0, "s", "definition", "length of a day")
-seconds_per_year = Constant(
-    365.2422 * 86400.0, "s", "mean tropical year", "length of a year"
-)
+seconds_per_year = Constant(365.2422 * 86400.0, "s", "mean tropical year", "length of a year")
 epsilon_water_vapour = Constant(
     0.622, "1", "R_d / R_v (Wallace & Hobbs 2006)", "ratio of gas constants of dry air and vapour"
 )

@@ -1,7 +1,40 @@
-"""Making code differentiable (external callables, threshold surrogates) and verifying gradients."""
+"""Making code differentiable and proving its gradients right.
+
+- :func:`external` wraps NumPy or compiled code (finite differences, complex step, or a
+  user-supplied derivative) with a Jacobian structure that keeps the cost independent of the batch.
+- :func:`check_gradients` and :func:`taylor_test` verify any differentiable function or module.
+- :func:`step` and :func:`positive_part` give thresholds an exact, smooth or straight-through
+  gradient.
+"""
 
 from __future__ import annotations
 
+from climgrad.autograd.external import (
+    CallCounter,
+    ExternalFunction,
+    ExternalFunctionError,
+    external,
+)
 from climgrad.autograd.smooth import GradientMode, positive_part, step
+from climgrad.autograd.verify import (
+    GradientCheckError,
+    GradientReport,
+    TaylorResult,
+    check_gradients,
+    taylor_test,
+)
 
-__all__ = ["GradientMode", "positive_part", "step"]
+__all__ = [
+    "CallCounter",
+    "ExternalFunction",
+    "ExternalFunctionError",
+    "GradientCheckError",
+    "GradientMode",
+    "GradientReport",
+    "TaylorResult",
+    "check_gradients",
+    "external",
+    "positive_part",
+    "step",
+    "taylor_test",
+]

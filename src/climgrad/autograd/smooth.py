@@ -1,17 +1,17 @@
 """Gradients through thresholds: exact, smooth, or straight-through.
 
-Physics is full of switches: ice forms below a freezing temperature, convection acts when the lapse
-rate exceeds a critical value, vapour condenses above saturation. The exact derivative of a switch is
-zero almost everywhere, so a parameter that only moves the switch (a freezing temperature, a relative
-humidity threshold) gets no gradient and cannot be calibrated. Each threshold in climgrad therefore
-takes a ``mode``:
+Physics is full of switches: ice forms below a freezing temperature, convection acts when the
+lapse rate exceeds a critical value, vapour condenses above saturation. The exact derivative of a
+switch is zero almost everywhere, so a parameter that only moves the switch (a freezing
+temperature, a relative humidity threshold) gets no gradient and cannot be calibrated. Each
+threshold in climgrad therefore takes a ``mode``:
 
 ``"exact"``
     The true function and its true derivative (zero where physics is flat). Parameters that only
     move the threshold are dead.
 ``"smooth"``
     A smoothed surrogate of chosen ``width`` replaces the switch in the forward pass and in the
-    gradient; the model changes (slightly), the gradient is the exact gradient of the smoothed model.
+    gradient; the model changes (slightly) and the gradient is exact for the smoothed model.
 ``"straight_through"``
     The forward pass is the exact switch; the backward pass uses the derivative of the smooth
     surrogate (Bengio et al. 2013, arXiv:1308.3432). The model is unchanged and threshold parameters
@@ -114,7 +114,9 @@ def step(x: Tensor, width: Tensor | float, mode: GradientMode = "smooth") -> Ten
     """
     check_mode(mode)
     if mode == "exact":
-        return (x > 0).to(x.dtype)
+        # `+ 0 * x` keeps the result in the graph, so the exact derivative (zero) flows back
+        # instead of an error about tensors that do not require grad.
+        return (x > 0).to(x.dtype) + 0 * x
     width_tensor = _as_width(width, x)
     if mode == "smooth":
         return _smooth_step(x, width_tensor)
@@ -142,7 +144,8 @@ def positive_part(x: Tensor, width: Tensor | float, mode: GradientMode = "smooth
         return torch.clamp(x, min=0.0)
     width_tensor = _as_width(width, x)
     if mode == "smooth":
-        return width_tensor * torch.nn.functional.softplus(x / width_tensor)
+        # logaddexp rather than F.softplus, whose linear cut-over at x/width = 20 is not smooth.
+        return width_tensor * torch.logaddexp(x / width_tensor, torch.zeros_like(x))
     result: Tensor = _StraightThroughPositivePart.apply(x, width_tensor)
     return result
 
