@@ -1,0 +1,257 @@
+"""Time stepping with bounded memory, and equilibria differentiated implicitly.
+
+``rollout``
+    Repeats a step function. With ``checkpoint_every=k`` the steps are grouped in segments of ``k``
+    run under :func:`torch.utils.checkpoint.checkpoint`: the forward pass keeps only the state at
+    each segment boundary, and the backward pass recomputes one segment at a time, so the memory of
+    the autograd graph grows like ``T/k + k`` steps instead of ``T`` (Griewank & Walther 2000,
+    ACM TOMS 26, 19, for the general theory; here the simple uniform scheme).
+``equilibrium``
+    Solves ``F(x; θ) = 0`` by Newton's method (with backtracking) and differentiates the solution
+    by the implicit function theorem instead of through the iterations: for a loss ``ℓ(x*)``,
+    ``dℓ/dθ = -λᵀ ∂F/∂θ`` with ``(∂F/∂x)ᵀ λ = ∂ℓ/∂x*``, one adjoint linear solve at the solution
+    (e.g. Bai, Kolter & Koltun 2019, NeurIPS, "Deep Equilibrium Models"). The gradient is exact at
+    the solution whatever the number of iterations, and costs no memory for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "EquilibriumError",
+    "EquilibriumInfo",
+    "equilibrium",
+    "rollout",
+]
+
+StateDict = dict[str, Tensor]
+
+
+def rollout(
+    step: Callable[[StateDict], StateDict],
+    state: Mapping[str, Tensor],
+    steps: int,
+    *,
+    checkpoint_every: int | None = None,
+    observe: Callable[[StateDict], Tensor] | None = None,
+) -> tuple[StateDict, Tensor | None]:
+    """Apply ``step`` ``steps`` times, optionally with gradient checkpointing.
+
+    Args:
+        step: ``state -> state`` (one time step; it closes over parameters and ``dt``).
+        state: Initial state: a mapping of variable names to tensors.
+        steps: Number of steps (≥ 0).
+        checkpoint_every: Segment length ``k`` for gradient checkpointing; ``None`` keeps the
+            whole graph (fastest, memory ∝ ``steps``).
+        observe: Optional ``state -> tensor`` evaluated after every step (a time series such as a
+            global mean); the results are stacked along a new leading dimension.
+
+    Returns:
+        ``(final_state, observations)``; observations is ``None`` without ``observe``, else a
+        tensor of shape ``(steps, *observe(state).shape)``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be non-negative, got {steps}.")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every}.")
+    names = list(state)
+    current: StateDict = dict(state)
+    observations: list[Tensor] = []
+
+    def segment(length: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+        local = dict(zip(names, tensors))
+        seen = []
+        for _ in range(length):
+            local = step(local)
+            if observe is not None:
+                seen.append(observe(local))
+        stacked = (torch.stack(seen),) if seen else ()
+        return (*(local[name] for name in names), *stacked)
+
+    use_checkpoint = checkpoint_every is not None and torch.is_grad_enabled()
+    length = checkpoint_every if (checkpoint_every is not None and use_checkpoint) else steps
+    done = 0
+    while done < steps:
+        this = min(length, steps - done) if length else steps - done
+        tensors = tuple(current[name] for name in names)
+        if use_checkpoint:
+            result = checkpoint(segment, this, *tensors, use_reentrant=False)
+        else:
+            result = segment(this, *tensors)
+        current = dict(zip(names, result[: len(names)]))
+        if observe is not None:
+            observations.append(result[len(names)])
+        done += this
+    series = torch.cat(observations) if observations else None
+    return current, series
+
+
+class EquilibriumError(RuntimeError):
+    """Newton's method did not reach the tolerance."""
+
+
+@dataclass
+class EquilibriumInfo:
+    """Diagnostics of the last solve: iterations and final max-norm residual."""
+
+    iterations: int = 0
+    residual: float = float("nan")
+
+
+Residual = Callable[..., Tensor]
+
+
+def _jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """``∂F/∂x``: dense ``(n, n)``, or ``(batch, n, n)`` for independent rows ``(batch, n)``."""
+
+    def row(x_row: Tensor) -> Tensor:
+        return residual(x_row, *params)
+
+    if x.ndim == 1:
+        return torch.func.jacrev(row)(x)
+    flat = x.reshape(-1, x.shape[-1])
+
+    def single(x_row: Tensor) -> Tensor:
+        return residual(x_row.unsqueeze(0), *params).squeeze(0)
+
+    jac = torch.func.vmap(torch.func.jacrev(single))(flat)
+    return jac.reshape(*x.shape, x.shape[-1])
+
+
+def _newton(
+    residual: Residual,
+    x0: Tensor,
+    params: Sequence[Tensor],
+    jacobian: Callable[..., Tensor] | None,
+    tol: float,
+    max_iter: int,
+    line_search: bool,
+    info: EquilibriumInfo,
+) -> Tensor:
+    x = x0.detach().clone()
+    with torch.no_grad():
+        f = residual(x, *params)
+        norm = float(f.abs().max())
+        for iteration in range(max_iter + 1):
+            info.iterations, info.residual = iteration, norm
+            if norm <= tol:
+                return x
+            if iteration == max_iter:
+                break
+            jac = jacobian(x, *params) if jacobian is not None else None
+            if jac is None:
+                with torch.enable_grad():
+                    jac = _jacobian(residual, x, params)
+            delta = torch.linalg.solve(jac, f.unsqueeze(-1)).squeeze(-1)
+            # Optional backtracking: halve the Newton step until the residual decreases. Off by
+            # default, because it changes the path, and so possibly the branch reached.
+            scale = 1.0
+            for _ in range(30 if line_search else 1):
+                candidate = x - scale * delta
+                f_candidate = residual(candidate, *params)
+                norm_candidate = float(f_candidate.abs().max())
+                if norm_candidate < norm or norm_candidate <= tol:
+                    break
+                scale *= 0.5
+            x, f, norm = candidate, f_candidate, norm_candidate
+    raise EquilibriumError(
+        f"Newton's method did not converge in {max_iter} iterations: max |F| = {norm:.3e} > "
+        f"tol = {tol:.1e}. Raise max_iter, loosen tol, or start closer to the equilibrium."
+    )
+
+
+class _EquilibriumFunction(torch.autograd.Function):
+    """Forward: Newton solve. Backward: one adjoint solve at the solution (implicit function)."""
+
+    @staticmethod
+    def forward(
+        residual: Residual,
+        jacobian: Callable[..., Tensor] | None,
+        tol: float,
+        max_iter: int,
+        line_search: bool,
+        info: EquilibriumInfo,
+        x0: Tensor,
+        *params: Tensor,
+    ) -> Tensor:
+        return _newton(residual, x0, params, jacobian, tol, max_iter, line_search, info)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        residual, jacobian, *_rest = inputs
+        params = inputs[7:]
+        ctx.residual = residual
+        ctx.jacobian = jacobian
+        ctx.save_for_backward(output, *params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_solution: Tensor) -> tuple[Tensor | None, ...]:
+        solution, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad[7:]
+        # residual, jacobian, tol, max_iter, line_search, info, x0
+        head: tuple[None, ...] = (None,) * 7
+        if not any(needs):
+            return (*head, *(None for _ in params))
+        x = solution.detach()
+        detached = [p.detach().requires_grad_(need) for p, need in zip(params, needs)]
+        with torch.enable_grad():
+            jac = ctx.jacobian(x, *detached) if ctx.jacobian is not None else None
+            if jac is None:
+                jac = _jacobian(ctx.residual, x, [p.detach() for p in params])
+            adjoint = torch.linalg.solve(jac.transpose(-1, -2), grad_solution.unsqueeze(-1))
+            adjoint = adjoint.squeeze(-1)
+            f = ctx.residual(x, *detached)
+            wanted = [p for p, need in zip(detached, needs) if need]
+            grads = iter(torch.autograd.grad(f, wanted, grad_outputs=-adjoint, allow_unused=True))
+        result = []
+        for p, need in zip(params, needs):
+            g = next(grads) if need else None
+            result.append(torch.zeros_like(p) if (need and g is None) else g)
+        # x0 gets no gradient: the equilibrium does not depend on the starting point.
+        return (*head, *result)
+
+
+def equilibrium(
+    residual: Residual,
+    x0: Tensor,
+    params: Sequence[Tensor],
+    *,
+    jacobian: Callable[..., Tensor] | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 50,
+    line_search: bool = False,
+    info: EquilibriumInfo | None = None,
+) -> Tensor:
+    """Solve ``residual(x, *params) = 0`` for ``x``, differentiable in ``params`` (implicitly).
+
+    Args:
+        residual: ``F(x, *params) -> Tensor`` of the shape of ``x``: ``(n,)``, or ``(batch, n)``
+            with rows independent (e.g. columns). Written in torch, so autograd gives ``∂F/∂θ``.
+        x0: Starting point. Where several equilibria exist it selects one (document it).
+        params: Tensors ``θ`` the solution is differentiated with respect to.
+        jacobian: Optional ``(x, *params) -> ∂F/∂x`` of shape ``(..., n, n)``; default: by autograd.
+        tol: Convergence when ``max |F| <= tol`` (in the units of ``F``).
+        max_iter: Newton iterations before :class:`EquilibriumError`.
+        line_search: Halve Newton steps that do not reduce ``max |F|`` (more robust far from
+            the solution; off by default because it can change which equilibrium is reached).
+        info: An :class:`EquilibriumInfo` to receive the iteration count and final residual.
+
+    Returns:
+        ``x*`` with ``F(x*, θ) = 0``; its gradient flows to ``params`` by the implicit function
+        theorem (one transposed linear solve), not through the iterations.
+    """
+    if info is None:
+        info = EquilibriumInfo()
+    result: Tensor = _EquilibriumFunction.apply(
+        residual, jacobian, tol, max_iter, line_search, info, x0, *params
+    )
+    return result

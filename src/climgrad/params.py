@@ -1,0 +1,389 @@
+"""Learnable physical parameters: declared once, stored unconstrained, read in physical units.
+
+A parameter is declared by a :class:`ParamSpec` (name, units, default, bounds, description, prior).
+:func:`constrain` turns an ``nn.Parameter`` attribute of a module into a constrained one with
+:mod:`torch.nn.utils.parametrize`: the optimizer sees an unconstrained tensor (stored as
+``module.parametrizations.<name>.original``), while the module reads ``module.<name>`` in physical
+units through a bijection, exactly as before. Nothing is clamped after an optimizer step; the value
+stays inside its bounds by construction (the design of gpytorch's ``raw_lengthscale`` with an
+``Interval`` constraint, and of pyro's ``PyroParam``).
+
+Bijections (``ParamSpec.transform="auto"`` picks from the bounds):
+
+========================  =========================================  ==========================
+bounds                    value = f(raw)                             initialised by
+========================  =========================================  ==========================
+(None, None)              raw                                        value
+(lo, None)                lo + softplus(raw) (or exp with "exp")     softplus⁻¹(value - lo)
+(None, hi)                hi - softplus(raw)                         softplus⁻¹(hi - value)
+(lo, hi)                  lo + (hi - lo) sigmoid(raw)                logit((value - lo)/(hi - lo))
+========================  =========================================  ==========================
+
+Softplus is the default for one-sided bounds because it is linear far from the bound, so a
+learning rate means the same thing at 1 W m-2 K-1 and at 10; ``"exp"`` gives log-uniform steps.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from climgrad.params import ParamSpec, constrain, parameter_table
+    >>> class Olr(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.B = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    >>> olr = Olr()
+    >>> constrain(olr, "B", ParamSpec("B", "W m-2 K-1", 2.0, bounds=(0.0, None)))
+    >>> round(float(olr.B.detach()), 12), olr.parametrizations.B.original.requires_grad
+    (2.0, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "ParamSpec",
+    "ParameterInfo",
+    "Prior",
+    "configure_parameters",
+    "constrain",
+    "iter_parameters",
+    "parameter_table",
+    "physical_parameters",
+    "prior_penalty",
+]
+
+TransformName = Literal["auto", "identity", "softplus", "exp", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A prior density for MAP calibration; :meth:`penalty` is its negative log (up to a constant).
+
+    Attributes:
+        kind: ``"normal"`` (``loc``, ``scale`` in the parameter's units), ``"lognormal"``
+            (``loc``, ``scale`` of ``log(value)``), or ``"uniform"`` (flat between the bounds of
+            the parameter: the bijection already enforces it, so the penalty is zero).
+        loc: Mean (normal) or mean of the logarithm (lognormal).
+        scale: Standard deviation (normal) or of the logarithm (lognormal); positive.
+    """
+
+    kind: Literal["normal", "lognormal", "uniform"]
+    loc: float = 0.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("normal", "lognormal", "uniform"):
+            raise ValueError(
+                f"Unknown prior kind {self.kind!r}; use 'normal', 'lognormal' or 'uniform'."
+            )
+        if self.kind != "uniform" and not self.scale > 0:
+            raise ValueError(f"Prior scale must be positive, got {self.scale}.")
+
+    def penalty(self, value: Tensor) -> Tensor:
+        """Negative log density of ``value`` (summed over a field), dropping constants."""
+        if self.kind == "normal":
+            return (0.5 * ((value - self.loc) / self.scale) ** 2).sum()
+        if self.kind == "lognormal":
+            log_value = torch.log(value)
+            return (0.5 * ((log_value - self.loc) / self.scale) ** 2 + log_value).sum()
+        return value.sum() * 0.0
+
+    def describe(self) -> str:
+        """Short text for tables and NetCDF attributes, e.g. ``normal(2, 0.5)``."""
+        if self.kind == "uniform":
+            return "uniform"
+        return f"{self.kind}({self.loc:g}, {self.scale:g})"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Declaration of one physical parameter.
+
+    Attributes:
+        name: Attribute name on the module (``"A"``, ``"critical_lapse_rate"``).
+        units: Units of the physical value (UDUNITS style, e.g. ``"W m-2 K-1"``).
+        default: Default value (a float, or a sequence for a field).
+        bounds: ``(lower, upper)``; ``None`` for unbounded on that side. Open interval.
+        description: One line for tables and ``long_name`` attributes.
+        prior: Optional :class:`Prior` for MAP calibration.
+        transform: ``"auto"`` (from the bounds), ``"identity"``, ``"softplus"``, ``"exp"`` or
+            ``"sigmoid"``.
+    """
+
+    name: str
+    units: str
+    default: float | Sequence[float]
+    bounds: tuple[float | None, float | None] = (None, None)
+    description: str = ""
+    prior: Prior | None = None
+    transform: TransformName = "auto"
+
+    def __post_init__(self) -> None:
+        lower, upper = self.bounds
+        if lower is not None and upper is not None and not lower < upper:
+            raise ValueError(f"{self.name}: bounds must satisfy lower < upper, got {self.bounds}.")
+        if self.transform not in ("auto", "identity", "softplus", "exp", "sigmoid"):
+            raise ValueError(
+                f"{self.name}: unknown transform {self.transform!r}; use 'auto', 'identity', "
+                "'softplus', 'exp' or 'sigmoid'."
+            )
+        self.check(torch.as_tensor(self.default, dtype=torch.float64))
+
+    @property
+    def resolved_transform(self) -> str:
+        """The bijection actually used."""
+        lower, upper = self.bounds
+        if self.transform != "auto":
+            return self.transform
+        if lower is None and upper is None:
+            return "identity"
+        if lower is not None and upper is not None:
+            return "sigmoid"
+        return "softplus"
+
+    def check(self, value: Tensor) -> None:
+        """Raise a ValueError naming the parameter if ``value`` is outside the open bounds."""
+        lower, upper = self.bounds
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{self.name}: value must be finite, got {value.tolist()}.")
+        outside = (lower is not None and bool((value <= lower).any())) or (
+            upper is not None and bool((value >= upper).any())
+        )
+        if outside:
+            raise ValueError(
+                f"{self.name} = {value.tolist()} [{self.units}] is outside its bounds "
+                f"{self.bounds} (open interval); choose a value strictly inside them."
+            )
+
+    def bijection(self) -> Bijection:
+        """The parametrization module mapping raw values to physical values."""
+        return Bijection(self.resolved_transform, self.bounds)
+
+
+def _inverse_softplus(y: Tensor) -> Tensor:
+    # log(expm1(y)) loses precision for large y; y + log(-expm1(-y)) does not.
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Bijection(nn.Module):
+    """``torch.nn.utils.parametrize`` module: physical = f(raw), with ``right_inverse``."""
+
+    def __init__(self, kind: str, bounds: tuple[float | None, float | None]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.lower, self.upper = bounds
+        if kind in ("softplus", "exp") and self.lower is None and self.upper is None:
+            raise ValueError(f"transform {kind!r} needs a lower or an upper bound.")
+        if kind == "sigmoid" and (self.lower is None or self.upper is None):
+            raise ValueError("transform 'sigmoid' needs both bounds.")
+
+    def _positive(self, raw: Tensor) -> Tensor:
+        return torch.nn.functional.softplus(raw) if self.kind == "softplus" else torch.exp(raw)
+
+    def _positive_inverse(self, value: Tensor) -> Tensor:
+        return _inverse_softplus(value) if self.kind == "softplus" else torch.log(value)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        if self.kind == "identity":
+            return raw
+        if self.kind == "sigmoid":
+            assert self.lower is not None and self.upper is not None
+            return self.lower + (self.upper - self.lower) * torch.sigmoid(raw)
+        if self.lower is not None:
+            return self.lower + self._positive(raw)
+        assert self.upper is not None
+        return self.upper - self._positive(raw)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        if self.kind == "identity":
+            return value
+        if self.kind == "sigmoid":
+            assert self.lower is not None and self.upper is not None
+            fraction = (value - self.lower) / (self.upper - self.lower)
+            return torch.log(fraction) - torch.log1p(-fraction)
+        if self.lower is not None:
+            return self._positive_inverse(value - self.lower)
+        assert self.upper is not None
+        return self._positive_inverse(self.upper - value)
+
+
+# ------------------------------------------------------------------------------------------
+# Attaching specs to modules and reading them back.
+
+
+def constrain(
+    module: nn.Module,
+    attribute: str,
+    spec: ParamSpec,
+    *,
+    value: float | Sequence[float] | Tensor | None = None,
+    learn: bool = True,
+) -> None:
+    """Make ``module.<attribute>`` a constrained parameter described by ``spec``.
+
+    The attribute must be an ``nn.Parameter`` (scalar or field) or a plain tensor attribute; its
+    dtype, device and shape are kept. After the call, ``module.<attribute>`` still reads the value
+    in physical units; the optimizer updates the unconstrained original.
+
+    Args:
+        module: The module owning the parameter.
+        attribute: Attribute name (usually ``spec.name``).
+        spec: The declaration.
+        value: Initial physical value (default: the current value of the attribute).
+        learn: Whether the parameter is optimised (``requires_grad`` of the original).
+
+    Raises:
+        ValueError: The value is outside the bounds, or the attribute does not exist.
+    """
+    if not hasattr(module, attribute):
+        raise ValueError(
+            f"{type(module).__name__} has no attribute {attribute!r} to constrain; "
+            f"its parameters are {[n for n, _ in module.named_parameters(recurse=False)]}."
+        )
+    current = getattr(module, attribute)
+    if parametrize.is_parametrized(module, attribute):
+        parametrize.remove_parametrizations(module, attribute, leave_parametrized=True)
+        current = getattr(module, attribute)
+    reference = torch.as_tensor(current)
+    initial = reference.detach().clone() if value is None else torch.as_tensor(value)
+    initial = initial.to(dtype=reference.dtype, device=reference.device).expand_as(reference)
+    spec.check(initial)
+    if not isinstance(current, nn.Parameter):
+        delattr(module, attribute)
+    setattr(module, attribute, nn.Parameter(initial.clone()))
+    parametrize.register_parametrization(module, attribute, spec.bijection())
+    getattr(module.parametrizations, attribute).original.requires_grad_(learn)
+    specs = dict(getattr(module, "_climgrad_param_specs", {}))
+    specs[attribute] = spec
+    object.__setattr__(module, "_climgrad_param_specs", specs)
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """One constrained parameter found in a model by :func:`iter_parameters`."""
+
+    qualified_name: str
+    spec: ParamSpec
+    module: nn.Module = field(repr=False)
+    attribute: str
+
+    @property
+    def value(self) -> Tensor:
+        """Physical value (a tensor in the graph)."""
+        result: Tensor = getattr(self.module, self.attribute)
+        return result
+
+    @property
+    def raw(self) -> nn.Parameter:
+        """The unconstrained tensor the optimizer updates."""
+        original: nn.Parameter = getattr(self.module.parametrizations, self.attribute).original
+        return original
+
+    @property
+    def learnable(self) -> bool:
+        """Whether the optimizer updates it."""
+        return self.raw.requires_grad
+
+
+def iter_parameters(model: nn.Module) -> Iterator[ParameterInfo]:
+    """Every parameter declared with :func:`constrain` in ``model`` and its submodules."""
+    for prefix, module in model.named_modules():
+        for attribute, spec in getattr(module, "_climgrad_param_specs", {}).items():
+            name = f"{prefix}.{attribute}" if prefix else attribute
+            yield ParameterInfo(name, spec, module, attribute)
+
+
+def _lookup(model: nn.Module, name: str) -> ParameterInfo:
+    matches = [
+        info
+        for info in iter_parameters(model)
+        if info.qualified_name == name or info.qualified_name.endswith("." + name)
+    ]
+    if len(matches) != 1:
+        known = [info.qualified_name for info in iter_parameters(model)]
+        problem = "is ambiguous" if matches else "is not a parameter of the model"
+        raise KeyError(f"{name!r} {problem}; parameters are {known}.")
+    return matches[0]
+
+
+def physical_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """A plain dict ``qualified name -> physical value`` (detached tensors)."""
+    return {info.qualified_name: info.value.detach() for info in iter_parameters(model)}
+
+
+def prior_penalty(model: nn.Module) -> Tensor:
+    """Sum of the negative log priors of every parameter that has a prior (0 without priors)."""
+    total: Tensor | None = None
+    for info in iter_parameters(model):
+        if info.spec.prior is not None and info.learnable:
+            term = info.spec.prior.penalty(info.value)
+            total = term if total is None else total + term
+    if total is None:
+        first = next(iter(model.parameters()), None)
+        return torch.zeros((), dtype=first.dtype if first is not None else torch.float64)
+    return total
+
+
+def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
+    """Set values and learnability from config: ``{"D": {"value": 0.6, "learn": False}}``.
+
+    A bare number is a value. Names may be qualified (``"diffusion.D"``) or, when unique, bare.
+    Unknown names and keys fail with the valid ones listed.
+    """
+    for name, setting in settings.items():
+        info = _lookup(model, name)
+        options = dict(setting) if isinstance(setting, Mapping) else {"value": setting}
+        unknown = sorted(set(options) - {"value", "learn"})
+        if unknown:
+            raise KeyError(f"{name}: unknown setting(s) {unknown}; use 'value' and/or 'learn'.")
+        value = options.get("value")
+        if value is not None:
+            target = torch.as_tensor(value, dtype=info.raw.dtype, device=info.raw.device)
+            info.spec.check(target)
+            with torch.no_grad():
+                raw = getattr(info.module.parametrizations, info.attribute)[0].right_inverse(
+                    target.expand_as(info.raw)
+                )
+                info.raw.copy_(raw)
+        if "learn" in options:
+            info.raw.requires_grad_(bool(options["learn"]))
+
+
+def _format_value(value: Tensor) -> str:
+    if value.numel() == 1:
+        return f"{float(value):.6g}"
+    return f"field{tuple(value.shape)} [{float(value.min()):.4g}, {float(value.max()):.4g}]"
+
+
+def _format_bound(bound: float | None) -> str:
+    return "-inf" if bound is None else f"{bound:g}"
+
+
+def parameter_table(model: nn.Module) -> str:
+    """A text table: name, value, units, bounds, learnable, prior."""
+    header = ("name", "value", "units", "bounds", "learn", "prior")
+    rows = []
+    for info in iter_parameters(model):
+        lower, upper = info.spec.bounds
+        bounds = f"({_format_bound(lower)}, {'inf' if upper is None else f'{upper:g}'})"
+        rows.append(
+            (
+                info.qualified_name,
+                _format_value(info.value.detach()),
+                info.spec.units,
+                bounds,
+                "yes" if info.learnable else "no",
+                info.spec.prior.describe() if info.spec.prior else "-",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    rule = "  ".join("-" * w for w in widths)
+    title = "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()
+    return "\n".join([title, rule, *lines])
