@@ -184,7 +184,10 @@ class Bijection(nn.Module):
             raise ValueError("transform 'sigmoid' needs both bounds.")
 
     def _positive(self, raw: Tensor) -> Tensor:
-        return torch.nn.functional.softplus(raw) if self.kind == "softplus" else torch.exp(raw)
+        if self.kind == "exp":
+            return torch.exp(raw)
+        # logaddexp, not F.softplus: the latter switches to `raw` above 20 and breaks the inverse.
+        return torch.logaddexp(raw, torch.zeros_like(raw))
 
     def _positive_inverse(self, value: Tensor) -> Tensor:
         return _inverse_softplus(value) if self.kind == "softplus" else torch.log(value)
