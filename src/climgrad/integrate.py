@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -177,12 +177,18 @@ class _EquilibriumFunction(torch.autograd.Function):
         jacobian: Callable[..., Tensor] | None,
         tol: float,
         max_iter: int,
-        line_search: bool,
+        line_search: bool | str,
         info: EquilibriumInfo,
         x0: Tensor,
         *params: Tensor,
     ) -> Tensor:
-        return _newton(residual, x0, params, jacobian, tol, max_iter, line_search, info)
+        if line_search != "auto":
+            return _newton(residual, x0, params, jacobian, tol, max_iter, bool(line_search), info)
+        try:
+            return _newton(residual, x0, params, jacobian, tol, max_iter, False, info)
+        except EquilibriumError:
+            # Plain Newton cycled or diverged: restart from x0 with backtracking.
+            return _newton(residual, x0, params, jacobian, tol, max_iter, True, info)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -191,6 +197,25 @@ class _EquilibriumFunction(torch.autograd.Function):
         ctx.residual = residual
         ctx.jacobian = jacobian
         ctx.save_for_backward(output, *params)
+        ctx.save_for_forward(output, *params)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Tensor:
+        """Forward mode: ``J dx* = -(∂F/∂θ) dθ`` at the solution."""
+        solution, *params = ctx.saved_tensors
+        param_tangents = [
+            torch.zeros_like(p) if t is None else t for p, t in zip(params, tangents[7:])
+        ]
+        x = solution.detach()
+        primals = [p.detach() for p in params]
+        with torch.enable_grad():
+            jac = ctx.jacobian(x, *primals) if ctx.jacobian is not None else None
+            if jac is None:
+                jac = _jacobian(ctx.residual, x, primals)
+        forcing = torch.func.jvp(
+            lambda *ps: ctx.residual(x, *ps), tuple(primals), tuple(param_tangents)
+        )[1]
+        return -torch.linalg.solve(jac, forcing.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
     @once_differentiable
@@ -228,7 +253,7 @@ def equilibrium(
     jacobian: Callable[..., Tensor] | None = None,
     tol: float = 1e-9,
     max_iter: int = 50,
-    line_search: bool = False,
+    line_search: bool | Literal["auto"] = "auto",
     info: EquilibriumInfo | None = None,
 ) -> Tensor:
     """Solve ``residual(x, *params) = 0`` for ``x``, differentiable in ``params`` (implicitly).
@@ -242,7 +267,9 @@ def equilibrium(
         tol: Convergence when ``max |F| <= tol`` (in the units of ``F``).
         max_iter: Newton iterations before :class:`EquilibriumError`.
         line_search: Halve Newton steps that do not reduce ``max |F|`` (more robust far from
-            the solution; off by default because it can change which equilibrium is reached).
+            the solution, but it changes the path and so possibly the equilibrium reached).
+            ``"auto"`` (default) runs plain Newton and, only if that fails, restarts from
+            ``x0`` with backtracking.
         info: An :class:`EquilibriumInfo` to receive the iteration count and final residual.
 
     Returns:

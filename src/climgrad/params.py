@@ -52,8 +52,10 @@ __all__ = [
     "Prior",
     "configure_parameters",
     "constrain",
+    "display_names",
     "iter_parameters",
     "parameter_table",
+    "physical_gradients",
     "physical_parameters",
     "prior_penalty",
 ]
@@ -254,8 +256,11 @@ def constrain(
         parametrize.remove_parametrizations(module, attribute, leave_parametrized=True)
         current = getattr(module, attribute)
     reference = torch.as_tensor(current)
-    initial = reference.detach().clone() if value is None else torch.as_tensor(value)
-    initial = initial.to(dtype=reference.dtype, device=reference.device).expand_as(reference)
+    if value is None:
+        initial = reference.detach().clone()
+    else:
+        initial = torch.as_tensor(value, dtype=reference.dtype, device=reference.device)
+    initial = initial.expand_as(reference)
     spec.check(initial)
     if not isinstance(current, nn.Parameter):
         delattr(module, attribute)
@@ -306,7 +311,7 @@ def _lookup(model: nn.Module, name: str) -> ParameterInfo:
     matches = [
         info
         for info in iter_parameters(model)
-        if info.qualified_name == name or info.qualified_name.endswith("." + name)
+        if name in (info.qualified_name, info.spec.name) or info.qualified_name.endswith("." + name)
     ]
     if len(matches) != 1:
         known = [info.qualified_name for info in iter_parameters(model)]
@@ -315,9 +320,40 @@ def _lookup(model: nn.Module, name: str) -> ParameterInfo:
     return matches[0]
 
 
+def display_names(model: nn.Module) -> dict[str, ParameterInfo]:
+    """Parameters keyed by their spec names (``"A"``, ``"D"``) when those are unique in the
+    model, else by qualified module paths."""
+    infos = list(iter_parameters(model))
+    spec_names = [info.spec.name for info in infos]
+    if len(set(spec_names)) == len(spec_names):
+        return dict(zip(spec_names, infos))
+    return {info.qualified_name: info for info in infos}
+
+
 def physical_parameters(model: nn.Module) -> dict[str, Tensor]:
-    """A plain dict ``qualified name -> physical value`` (detached tensors)."""
-    return {info.qualified_name: info.value.detach() for info in iter_parameters(model)}
+    """A plain dict ``name -> physical value`` (detached tensors), keyed as
+    :func:`display_names`."""
+    return {name: info.value.detach() for name, info in display_names(model).items()}
+
+
+def physical_gradients(model: nn.Module) -> dict[str, Tensor]:
+    """Gradients with respect to the physical values, from the raw gradients (chain rule).
+
+    After ``loss.backward()``, ``raw.grad`` is ``dℓ/draw``; since every bijection is elementwise
+    and monotone, ``dℓ/dvalue = (dℓ/draw) / (dvalue/draw)``. Parameters without a gradient are
+    left out. Keyed as :func:`display_names`.
+    """
+    result = {}
+    for name, info in display_names(model).items():
+        raw = info.raw
+        if raw.grad is None:
+            continue
+        bijection = getattr(info.module.parametrizations, info.attribute)[0]
+        point = raw.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (slope,) = torch.autograd.grad(bijection(point).sum(), point)
+        result[name] = raw.grad / slope
+    return result
 
 
 def prior_penalty(model: nn.Module) -> Tensor:
@@ -372,12 +408,12 @@ def parameter_table(model: nn.Module) -> str:
     """A text table: name, value, units, bounds, learnable, prior."""
     header = ("name", "value", "units", "bounds", "learn", "prior")
     rows = []
-    for info in iter_parameters(model):
+    for name, info in display_names(model).items():
         lower, upper = info.spec.bounds
         bounds = f"({_format_bound(lower)}, {'inf' if upper is None else f'{upper:g}'})"
         rows.append(
             (
-                info.qualified_name,
+                name,
                 _format_value(info.value.detach()),
                 info.spec.units,
                 bounds,
