@@ -188,7 +188,12 @@ class EBM1D(Model):
         return total
 
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
-        """Tendency ``dT/dt`` (K s-1) and diagnostics (fluxes in W m-2, albedo, ice fraction)."""
+        """Tendency ``dT/dt`` (K s-1) and diagnostics by band.
+
+        Diagnostics: ``absorbed_shortwave_radiation``, ``outgoing_longwave_radiation``,
+        ``meridional_heat_convergence``, ``net_heating``, ``insolation`` and
+        ``reflected_shortwave_radiation`` in W m-2; ``albedo`` and ``ice_fraction``.
+        """
         _, diagnostics = super().forward(state)
         heating = (
             diagnostics["absorbed_shortwave_radiation"]
@@ -196,6 +201,11 @@ class EBM1D(Model):
             + diagnostics["meridional_heat_convergence"]
         )
         diagnostics["net_heating"] = heating
+        shortwave = self.processes["shortwave"]
+        assert isinstance(shortwave, AbsorbedShortwave)
+        insolation = state["insolation"] if "insolation" in state else shortwave.insolation
+        diagnostics["insolation"] = insolation.expand_as(heating)
+        diagnostics["reflected_shortwave_radiation"] = insolation * diagnostics["albedo"]
         return {"surface_temperature": heating / self.heat_capacity}, diagnostics
 
     def step(self, state: State, time_step: float) -> dict[str, Tensor]:
