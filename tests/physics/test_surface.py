@@ -434,3 +434,26 @@ def test_calibrate_heat_exchange_coefficient_on_arm_sgp() -> None:
         t["surface_pressure"],
     )
     assert bool(torch.isfinite(latent).all())
+
+
+def test_dry_surface_fluxes_need_no_humidity_and_give_no_latent_heat():
+    dry = SurfaceFluxes(
+        heat_exchange_coefficient=1.5e-3,
+        gustiness=1e-6,
+        moisture=False,
+        lowest_layer_pressure_thickness=2500.0,
+        lowest_level=-1,
+    ).double()
+    state = {
+        "surface_temperature": torch.tensor([290.0, 300.0], dtype=torch.float64),
+        "air_temperature": torch.tensor([[250.0, 285.0], [260.0, 301.0]], dtype=torch.float64),
+        "wind_speed": torch.tensor(5.0, dtype=torch.float64),
+        "surface_pressure": torch.tensor(1.0e5, dtype=torch.float64),
+        "air_density": torch.tensor(1.2, dtype=torch.float64),
+    }
+    tendencies, diagnostics = dry(state)
+    assert "specific_humidity" not in tendencies
+    assert torch.equal(diagnostics["latent_heat_flux"], torch.zeros(2, dtype=torch.float64))
+    expected = 1.2 * 1004.0 * 1.5e-3 * 5.0 * torch.tensor([5.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(diagnostics["sensible_heat_flux"], expected, rtol=1e-9, atol=0)
+    assert float(tendencies["air_temperature"][0, 0]) == 0.0

@@ -527,6 +527,9 @@ class SurfaceFluxes(Process):
         formula: Saturation formula, ``"bolton"`` or ``"clausius_clapeyron"``.
         louis_b: Louis's ``b`` for :func:`stability_correction`.
         maximum_enhancement: ``f_max`` for :func:`stability_correction`.
+        moisture: With ``False`` the process is dry: no latent heat flux, no
+            ``specific_humidity`` in the state or the tendencies (``C_E`` is then unused and
+            gets no gradient).
     """
 
     inputs = (
@@ -551,8 +554,12 @@ class SurfaceFluxes(Process):
         formula: SaturationFormula = "bolton",
         louis_b: float = 9.4,
         maximum_enhancement: float = 3.0,
+        moisture: bool = True,
     ) -> None:
         super().__init__()
+        self.moisture = moisture
+        if not moisture:
+            self.inputs = tuple(name for name in self.inputs if name != "specific_humidity")
         for name, value in [
             ("heat_exchange_coefficient", heat_exchange_coefficient),
             ("moisture_exchange_coefficient", moisture_exchange_coefficient),
@@ -594,9 +601,13 @@ class SurfaceFluxes(Process):
 
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
         """Fluxes and tendencies for ``state`` (see the class docstring for names and units)."""
-        surface_temperature, air_temperature_field, humidity_field, wind, surface_pressure = (
-            self.require(state)
-        )
+        if self.moisture:
+            surface_temperature, air_temperature_field, humidity_field, wind, surface_pressure = (
+                self.require(state)
+            )
+        else:
+            surface_temperature, air_temperature_field, wind, surface_pressure = self.require(state)
+            humidity_field = torch.zeros_like(air_temperature_field)
         air_temperature = self._lowest(air_temperature_field)
         humidity = self._lowest(humidity_field)
         dtype = surface_temperature.dtype
@@ -623,14 +634,18 @@ class SurfaceFluxes(Process):
         sensible = sensible_heat_flux(
             surface_temperature, air_temperature, wind_effective, heat_coefficient, density
         )
-        latent = latent_heat_flux(
-            surface_temperature,
-            humidity,
-            wind_effective,
-            moisture_coefficient,
-            density,
-            surface_pressure,
-            formula=self.formula,
+        latent = (
+            latent_heat_flux(
+                surface_temperature,
+                humidity,
+                wind_effective,
+                moisture_coefficient,
+                density,
+                surface_pressure,
+                formula=self.formula,
+            )
+            if self.moisture
+            else torch.zeros_like(sensible)
         )
         evaporation = latent / latent_heat_vaporization
         layer_mass = self.lowest_layer_mass
@@ -644,6 +659,8 @@ class SurfaceFluxes(Process):
         diagnostics.update(
             sensible_heat_flux=sensible, latent_heat_flux=latent, evaporation_flux=evaporation
         )
+        if not self.moisture:
+            del tendencies["specific_humidity"]
         return tendencies, diagnostics
 
 
