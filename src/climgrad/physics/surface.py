@@ -532,7 +532,7 @@ class SurfaceFluxes(Process):
             gets no gradient).
     """
 
-    inputs = (
+    inputs: tuple[str, ...] = (
         "surface_temperature",
         "air_temperature",
         "specific_humidity",
@@ -574,11 +574,15 @@ class SurfaceFluxes(Process):
             raise ValueError(
                 f"Unknown formula {formula!r}; use one of {list(SATURATION_FORMULAS)}."
             )
-        self.heat_exchange_coefficient = nn.Parameter(torch.tensor(heat_exchange_coefficient))
-        self.moisture_exchange_coefficient = nn.Parameter(
-            torch.tensor(moisture_exchange_coefficient)
+        # Parameters are kept in float64 and cast to the state's dtype where they are used.
+        as64 = torch.float64
+        self.heat_exchange_coefficient = nn.Parameter(
+            torch.tensor(heat_exchange_coefficient, dtype=as64)
         )
-        self.gustiness = nn.Parameter(torch.tensor(gustiness))
+        self.moisture_exchange_coefficient = nn.Parameter(
+            torch.tensor(moisture_exchange_coefficient, dtype=as64)
+        )
+        self.gustiness = nn.Parameter(torch.tensor(gustiness, dtype=as64))
         self.stability = stability
         self.reference_height = reference_height
         self.surface_heat_capacity = surface_heat_capacity
