@@ -110,20 +110,36 @@ Residual = Callable[..., Tensor]
 
 
 def _jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor:
-    """``∂F/∂x``: dense ``(n, n)``, or ``(batch, n, n)`` for independent rows ``(batch, n)``."""
+    """``∂F/∂x``: dense ``(n, n)``, or ``(batch, n, n)`` for independent rows ``(batch, n)``.
+
+    Uses ``torch.func`` (jacrev, vmapped over rows); residuals built on custom Functions without
+    a vmap rule fall back to one reverse pass per unknown of a row, batched over rows.
+    """
 
     def row(x_row: Tensor) -> Tensor:
         return residual(x_row, *params)
 
-    if x.ndim == 1:
-        return torch.func.jacrev(row)(x)
-    flat = x.reshape(-1, x.shape[-1])
-
     def single(x_row: Tensor) -> Tensor:
         return residual(x_row.unsqueeze(0), *params).squeeze(0)
 
-    jac = torch.func.vmap(torch.func.jacrev(single))(flat)
-    return jac.reshape(*x.shape, x.shape[-1])
+    try:
+        if x.ndim == 1:
+            return torch.func.jacrev(row)(x)
+        flat = x.reshape(-1, x.shape[-1])
+        jac = torch.func.vmap(torch.func.jacrev(single))(flat)
+        return jac.reshape(*x.shape, x.shape[-1])
+    except (RuntimeError, NotImplementedError):
+        point = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            values = residual(point, *[p.detach() for p in params])
+            rows = []
+            for k in range(x.shape[-1]):
+                seed = torch.zeros_like(values)
+                seed[..., k] = 1.0
+                # Rows are independent, so one pass gives row k of every block at once.
+                (grad,) = torch.autograd.grad(values, point, seed, retain_graph=True)
+                rows.append(grad)
+        return torch.stack(rows, dim=-2)
 
 
 def _newton(

@@ -1,0 +1,303 @@
+"""``SingleColumnModel``: a gray radiative-convective column with a surface slab.
+
+Each column has L layers of equal pressure thickness between the top of the atmosphere (p = 0) and
+the surface pressure p_s, and a surface slab of heat capacity C_s. The tendencies are the sum of
+
+* gray two-stream longwave radiation with optical depth τ(p) = τ₀ (p/p_s)^n and shortwave absorbed
+  at the surface with albedo α (:class:`~climgrad.physics.radiation.GrayRadiation`);
+* bulk sensible (and, with moisture, latent) heat exchange between the surface and the lowest
+  layer with coefficient C_H (:class:`~climgrad.physics.surface.SurfaceFluxes`);
+* Betts–Miller-style convective relaxation towards a profile of constant lapse rate Γ_c over a
+  time τ_c (:class:`~climgrad.physics.convection.BettsMillerConvection`);
+* optionally, implicit vertical diffusion of temperature
+  (:class:`~climgrad.physics.diffusion.VerticalDiffusion`) and, with moisture, large-scale
+  condensation (:class:`~climgrad.physics.thermo.LargeScaleCondensation`).
+
+With the default settings (dry, no diffusion) one :meth:`step` is exactly one step of benchmark B2
+(shared/benchmarks.md B2.4), whose reference values the tests reproduce. Regime: a gray
+atmosphere (no spectral detail, no clouds), dry convection relaxed to a fixed lapse rate: a
+teaching-and-calibration model of radiative-convective equilibrium (Manabe & Wetherald 1967;
+Frierson et al. 2006 for the gray radiation and relaxation), not a weather model.
+
+Parameters (SI inside; B2's units in brackets):
+
+=========================  =========  ===========================================  ==============
+name                       units      meaning                                      bounds
+=========================  =========  ===========================================  ==============
+``surface_optical_depth``  1          τ₀, longwave optical depth at p_s            (0, ∞), log
+``pressure_exponent``      1          n in τ = τ₀ (p/p_s)^n                        (0, ∞), log
+``surface_albedo``         1          α                                            (0, 1)
+``critical_lapse_rate``    K m-1      Γ_c [K km-1 × 1e-3]                          (0, 9.76e-3)
+``relaxation_time``        s          τ_c [hours × 3600]                           (0, ∞), log
+``heat_exchange``          1          C_H, bulk transfer coefficient               (0, ∞), log
+=========================  =========  ===========================================  ==============
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from climgrad.constants import gravity, heat_capacity_dry_air
+from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
+from climgrad.models.base import Model, functional
+from climgrad.params import ParamSpec, TransformName, constrain
+from climgrad.physics.convection import BettsMillerConvection
+from climgrad.physics.radiation import GrayRadiation
+from climgrad.physics.surface import SurfaceFluxes
+from climgrad.typing import Diagnostics, State, Tendencies
+
+__all__ = ["SingleColumnModel"]
+
+_LOG: TransformName = "exp"
+DRY_ADIABATIC_LAPSE_RATE = float(gravity) / float(heat_capacity_dry_air)  # K m-1
+
+SPECS: dict[str, ParamSpec] = {
+    "surface_optical_depth": ParamSpec(
+        "surface_optical_depth",
+        "1",
+        4.0,
+        (0.0, None),
+        "longwave optical depth at the surface",
+        transform=_LOG,
+    ),
+    "pressure_exponent": ParamSpec(
+        "pressure_exponent",
+        "1",
+        4.0,
+        (0.0, None),
+        "pressure exponent of the optical depth",
+        transform=_LOG,
+    ),
+    "surface_albedo": ParamSpec("surface_albedo", "1", 0.3, (0.0, 1.0), "surface albedo"),
+    "critical_lapse_rate": ParamSpec(
+        "critical_lapse_rate",
+        "K m-1",
+        6.5e-3,
+        (0.0, DRY_ADIABATIC_LAPSE_RATE),
+        "critical lapse rate of convective relaxation",
+    ),
+    "relaxation_time": ParamSpec(
+        "relaxation_time",
+        "s",
+        4.0 * 3600.0,
+        (0.0, None),
+        "convective relaxation time",
+        transform=_LOG,
+    ),
+    "heat_exchange": ParamSpec(
+        "heat_exchange",
+        "1",
+        1.5e-3,
+        (0.0, None),
+        "bulk heat transfer coefficient C_H",
+        transform=_LOG,
+    ),
+}
+_LOCATION = {
+    "surface_optical_depth": ("radiation", "surface_optical_depth"),
+    "pressure_exponent": ("radiation", "pressure_exponent"),
+    "surface_albedo": ("radiation", "surface_albedo"),
+    "critical_lapse_rate": ("convection", "critical_lapse_rate"),
+    "relaxation_time": ("convection", "relaxation_time"),
+    "heat_exchange": ("surface", "heat_exchange_coefficient"),
+}
+
+
+class SingleColumnModel(Model):
+    """Gray radiative-convective columns (see the module docstring).
+
+    Args:
+        levels: Number of layers L.
+        surface_pressure: p_s in Pa.
+        time_step: Δt in s of :meth:`step`.
+        surface_heat_capacity: C_s in J m-2 K-1.
+        wind_speed: Surface wind in m s-1 (state default).
+        air_density: Near-surface air density in kg m-3 used by the bulk formula (state default).
+        convective_width: δ in K of the logistic convective switch.
+        surface_optical_depth, pressure_exponent, surface_albedo, critical_lapse_rate,
+            relaxation_time, heat_exchange: initial parameter values (SI; table above).
+        learn: Names of the learnable parameters (default: all six).
+        dtype, device: Of parameters and grid.
+
+    State: ``air_temperature`` ``(column, level)`` K (top first), ``surface_temperature``
+    ``(column,)`` K, ``insolation`` ``(column,)`` W m-2, and ``wind_speed``, ``air_density``,
+    ``surface_pressure`` (filled in by :meth:`initial_state`).
+    """
+
+    interface_pressure: Tensor
+    layer_pressure: Tensor
+
+    def __init__(
+        self,
+        levels: int = 40,
+        *,
+        surface_pressure: float = 1.0e5,
+        time_step: float = 3600.0,
+        surface_heat_capacity: float = 1.0e7,
+        wind_speed: float = 5.0,
+        air_density: float = 1.2,
+        convective_width: float = 1.0,
+        surface_optical_depth: float = 4.0,
+        pressure_exponent: float = 4.0,
+        surface_albedo: float = 0.3,
+        critical_lapse_rate: float = 6.5e-3,
+        relaxation_time: float = 4.0 * 3600.0,
+        heat_exchange: float = 1.5e-3,
+        learn: tuple[str, ...] = tuple(SPECS),
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if levels < 2:
+            raise ValueError(f"SingleColumnModel needs at least 2 levels, got {levels}.")
+        unknown = sorted(set(learn) - set(SPECS))
+        if unknown:
+            raise ValueError(f"Unknown parameter(s) {unknown} in learn=; valid: {list(SPECS)}.")
+        interfaces = surface_pressure * torch.arange(levels + 1, dtype=dtype) / levels
+        layers = surface_pressure * (torch.arange(levels, dtype=dtype) + 0.5) / levels
+        thickness = surface_pressure / levels
+        super().__init__(
+            {
+                "radiation": GrayRadiation(interfaces, surface_heat_capacity=surface_heat_capacity),
+                "surface": SurfaceFluxes(
+                    heat_exchange_coefficient=heat_exchange,
+                    # B2's bulk formula has no gust floor; a vanishing one keeps it exact.
+                    gustiness=1e-9,
+                    surface_heat_capacity=surface_heat_capacity,
+                    lowest_layer_pressure_thickness=thickness,
+                    lowest_level=-1,
+                    moisture=False,
+                ),
+                "convection": BettsMillerConvection(layers, width=convective_width),
+            }
+        )
+        surface = self.processes["surface"]
+        assert isinstance(surface, SurfaceFluxes)
+        # Numerical settings of the dry surface scheme, not calibration targets.
+        surface.gustiness.requires_grad_(False)
+        surface.moisture_exchange_coefficient.requires_grad_(False)
+        self.to(dtype)
+        self.register_buffer("interface_pressure", interfaces)
+        self.register_buffer("layer_pressure", layers)
+        self.time_step = float(time_step)
+        self.wind_speed = float(wind_speed)
+        self.air_density = float(air_density)
+        self.surface_pressure = float(surface_pressure)
+        values = {
+            "surface_optical_depth": surface_optical_depth,
+            "pressure_exponent": pressure_exponent,
+            "surface_albedo": surface_albedo,
+            "critical_lapse_rate": critical_lapse_rate,
+            "relaxation_time": relaxation_time,
+            "heat_exchange": heat_exchange,
+        }
+        for name, (process, attribute) in _LOCATION.items():
+            constrain(
+                self.processes[process],
+                attribute,
+                SPECS[name],
+                value=values[name],
+                learn=name in learn,
+            )
+        if device is not None:
+            self.to(device)
+
+    @property
+    def levels(self) -> int:
+        """Number of layers."""
+        return int(self.layer_pressure.shape[0])
+
+    def initial_state(
+        self,
+        surface_temperature: Tensor,
+        insolation: Tensor,
+        air_temperature: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """A state for columns ``(column,)``; by default B2's initial profile.
+
+        Args:
+            surface_temperature: T_s per column in K.
+            insolation: Top-of-atmosphere insolation per column in W m-2 (absorbed at the surface
+                after reflection by α).
+            air_temperature: ``(column, level)`` K; default ``200 + (T_s − 200) p/p_s`` (B2.5).
+        """
+        if air_temperature is None:
+            fraction = self.layer_pressure / self.surface_pressure
+            air_temperature = 200.0 + (surface_temperature.unsqueeze(-1) - 200.0) * fraction
+        like = surface_temperature
+        return {
+            "air_temperature": air_temperature,
+            "surface_temperature": surface_temperature,
+            "insolation": insolation,
+            "wind_speed": torch.full_like(like, self.wind_speed),
+            "air_density": torch.full_like(like, self.air_density),
+            "surface_pressure": torch.full_like(like, self.surface_pressure),
+        }
+
+    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
+        """Summed tendencies (K s-1) of ``air_temperature`` and ``surface_temperature``."""
+        return super().forward(state)
+
+    def step(self, state: State, time_step: float | None = None) -> dict[str, Tensor]:
+        """One forward-Euler step (benchmark B2.4 step 10)."""
+        return super().step(state, self.time_step if time_step is None else time_step)
+
+    def run(
+        self, state: State, steps: int, *, checkpoint_every: int | None = None
+    ) -> dict[str, Tensor]:
+        """``steps`` forward-Euler steps, optionally with gradient checkpointing."""
+        final, _ = rollout(self.step, state, steps, checkpoint_every=checkpoint_every)
+        return final
+
+    def _residual(self, packed: Tensor, forcing: dict[str, Tensor]) -> Tensor:
+        state = {
+            **forcing,
+            "air_temperature": packed[..., :-1],
+            "surface_temperature": packed[..., -1],
+        }
+        tendencies, _ = self(state)
+        # Scale to K per day so the Newton tolerance reads in familiar units.
+        return 86400.0 * torch.cat(
+            [tendencies["air_temperature"], tendencies["surface_temperature"].unsqueeze(-1)],
+            dim=-1,
+        )
+
+    def equilibrium(
+        self,
+        state: State,
+        *,
+        spin_up_steps: int = 200,
+        tol: float = 1e-9,
+        max_iter: int = 30,
+        info: EquilibriumInfo | None = None,
+    ) -> dict[str, Tensor]:
+        """Radiative-convective equilibrium, differentiable by implicit differentiation.
+
+        The columns are first spun up by ``spin_up_steps`` time steps without gradient (the
+        stable explicit scheme finds the basin), then Newton's method solves
+        ``dT/dt = 0, dT_s/dt = 0`` to ``tol`` K day-1; gradients come from one adjoint solve at
+        the solution.
+
+        Returns:
+            The equilibrium state (same keys as ``state``).
+        """
+        with torch.no_grad():
+            spun = self.run(dict(state), spin_up_steps) if spin_up_steps else dict(state)
+        forcing = {
+            k: v for k, v in state.items() if k not in ("air_temperature", "surface_temperature")
+        }
+        packed = torch.cat(
+            [spun["air_temperature"], spun["surface_temperature"].unsqueeze(-1)], dim=-1
+        ).detach()
+        bound, tensors = functional(self, "_residual")
+
+        def residual(x: Tensor, *params: Tensor) -> Tensor:
+            result: Tensor = bound(x, forcing, *params)
+            return result
+
+        solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
+        return {
+            **forcing,
+            "air_temperature": solution[..., :-1],
+            "surface_temperature": solution[..., -1],
+        }
