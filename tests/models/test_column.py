@@ -154,3 +154,27 @@ def test_bad_arguments():
         SingleColumnModel(10, learn=("albedo",))
     with pytest.raises(ValueError, match="outside its bounds"):
         SingleColumnModel(10, critical_lapse_rate=0.011)
+
+
+def test_moist_column_with_diffusion_reaches_equilibrium_with_live_parameters():
+    dry = SingleColumnModel(10, diffusivity=1.0)
+    moist = SingleColumnModel(10, diffusivity=1.0, moisture=True)
+    forcing = (torch.tensor([295.0], dtype=DTYPE), torch.tensor([340.0], dtype=DTYPE))
+    with torch.no_grad():
+        dry_state = dry.equilibrium(dry.initial_state(*forcing))
+    moist_state = moist.equilibrium(moist.initial_state(*forcing))
+    tendencies, diagnostics = moist(moist_state)
+    assert float(tendencies["specific_humidity"].abs().max()) * 86400 < 1e-9
+    assert float(diagnostics["latent_heat_flux"][0]) > 0  # the surface evaporates
+    # Evaporation cools the surface relative to the dry column.
+    assert float(moist_state["surface_temperature"][0]) < float(dry_state["surface_temperature"][0])
+    objective = (
+        moist_state["air_temperature"].mean() + 1e3 * moist_state["specific_humidity"].mean()
+    )
+    objective.backward()
+    gradients = physical_gradients(moist)
+    assert len(gradients) == 9
+    for name, gradient in gradients.items():
+        assert bool(torch.isfinite(gradient).all()) and float(gradient.abs().max()) > 0, name
+    with pytest.raises(ValueError, match="pass a diffusivity"):
+        SingleColumnModel(10, moisture=True)

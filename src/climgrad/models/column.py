@@ -31,6 +31,16 @@ name                       units      meaning                                   
 ``relaxation_time``        s          τ_c [hours × 3600]                           (0, ∞), log
 ``heat_exchange``          1          C_H, bulk transfer coefficient               (0, ∞), log
 =========================  =========  ===========================================  ==============
+
+Options add, with their own parameters (declared the same way):
+
+* ``diffusivity=K`` (Pa2 s-1, per level or scalar; K_p = (ρ g)² K_z converts from m2 s-1, see
+  :func:`~climgrad.physics.diffusion.pressure_coordinate_diffusivity`): implicit vertical diffusion
+  of temperature, parameter ``vertical_diffusivity`` (field, (0, ∞), log);
+* ``moisture=True``: a ``specific_humidity`` state, latent heat flux from a saturated surface with
+  coefficient C_E (``moisture_exchange``) and large-scale condensation above a critical relative
+  humidity (``critical_relative_humidity``, (0, 1)) with latent heating (the gray radiation does not
+  see the vapour).
 """
 
 from __future__ import annotations
@@ -43,8 +53,13 @@ from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
 from climgrad.models.base import Model, functional
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.convection import BettsMillerConvection
+from climgrad.physics.diffusion import VerticalDiffusion, VerticalGrid
 from climgrad.physics.radiation import GrayRadiation
 from climgrad.physics.surface import SurfaceFluxes
+from climgrad.physics.thermo import (
+    LargeScaleCondensation,
+    specific_humidity_from_relative_humidity,
+)
 from climgrad.typing import Diagnostics, State, Tendencies
 
 __all__ = ["SingleColumnModel"]
@@ -52,6 +67,27 @@ __all__ = ["SingleColumnModel"]
 _LOG: TransformName = "exp"
 DRY_ADIABATIC_LAPSE_RATE = float(gravity) / float(heat_capacity_dry_air)  # K m-1
 
+OPTIONAL_SPECS: dict[str, ParamSpec] = {
+    "vertical_diffusivity": ParamSpec(
+        "vertical_diffusivity",
+        "Pa2 s-1",
+        1.0,
+        (0.0, None),
+        "vertical eddy diffusivity",
+        transform=_LOG,
+    ),
+    "moisture_exchange": ParamSpec(
+        "moisture_exchange",
+        "1",
+        1.5e-3,
+        (0.0, None),
+        "bulk moisture transfer coefficient C_E",
+        transform=_LOG,
+    ),
+    "critical_relative_humidity": ParamSpec(
+        "critical_relative_humidity", "1", 0.9, (0.0, 1.0), "onset of large-scale condensation"
+    ),
+}
 SPECS: dict[str, ParamSpec] = {
     "surface_optical_depth": ParamSpec(
         "surface_optical_depth",
@@ -144,13 +180,21 @@ class SingleColumnModel(Model):
         critical_lapse_rate: float = 6.5e-3,
         relaxation_time: float = 4.0 * 3600.0,
         heat_exchange: float = 1.5e-3,
-        learn: tuple[str, ...] = tuple(SPECS),
+        diffusivity: float | Tensor | None = None,
+        moisture: bool = False,
+        moisture_exchange: float = 1.5e-3,
+        critical_relative_humidity: float = 0.9,
+        learn: tuple[str, ...] | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> None:
         if levels < 2:
             raise ValueError(f"SingleColumnModel needs at least 2 levels, got {levels}.")
-        unknown = sorted(set(learn) - set(SPECS))
+        if learn is None:
+            learn = tuple(SPECS)
+            learn += ("vertical_diffusivity",) if diffusivity is not None else ()
+            learn += ("moisture_exchange", "critical_relative_humidity") if moisture else ()
+        unknown = sorted(set(learn) - set(SPECS) - set(OPTIONAL_SPECS))
         if unknown:
             raise ValueError(f"Unknown parameter(s) {unknown} in learn=; valid: {list(SPECS)}.")
         interfaces = surface_pressure * torch.arange(levels + 1, dtype=dtype) / levels
@@ -166,16 +210,35 @@ class SingleColumnModel(Model):
                     surface_heat_capacity=surface_heat_capacity,
                     lowest_layer_pressure_thickness=thickness,
                     lowest_level=-1,
-                    moisture=False,
+                    moisture=moisture,
                 ),
                 "convection": BettsMillerConvection(layers, width=convective_width),
             }
         )
+        self.moisture = moisture
+        if moisture and diffusivity is None:
+            raise ValueError(
+                "moisture=True needs vertical transport of vapour: pass a diffusivity (Pa2 s-1), "
+                "e.g. diffusivity=1.0."
+            )
+        if diffusivity is not None:
+            grid = VerticalGrid.from_interfaces(interfaces, coordinate="pressure")
+            profile = torch.as_tensor(diffusivity, dtype=dtype).expand(levels).clone()
+            self.processes["diffusion"] = VerticalDiffusion(grid, profile, time_step)
+        if moisture:
+            assert diffusivity is not None
+            # Vapour is mixed by the same eddies (same K, not separately calibrated).
+            self.processes["humidity_diffusion"] = VerticalDiffusion(
+                grid, profile, time_step, variable="specific_humidity"
+            )
+            self.processes["humidity_diffusion"].diffusivity.requires_grad_(False)
+            self.processes["condensation"] = LargeScaleCondensation(critical_relative_humidity)
         surface = self.processes["surface"]
         assert isinstance(surface, SurfaceFluxes)
         # Numerical settings of the dry surface scheme, not calibration targets.
         surface.gustiness.requires_grad_(False)
-        surface.moisture_exchange_coefficient.requires_grad_(False)
+        if not moisture:
+            surface.moisture_exchange_coefficient.requires_grad_(False)
         self.to(dtype)
         self.register_buffer("interface_pressure", interfaces)
         self.register_buffer("layer_pressure", layers)
@@ -199,6 +262,31 @@ class SingleColumnModel(Model):
                 value=values[name],
                 learn=name in learn,
             )
+        if diffusivity is not None:
+            constrain(
+                self.processes["diffusion"],
+                "diffusivity",
+                OPTIONAL_SPECS["vertical_diffusivity"],
+                learn="vertical_diffusivity" in learn,
+            )
+        if moisture:
+            constrain(
+                surface,
+                "moisture_exchange_coefficient",
+                OPTIONAL_SPECS["moisture_exchange"],
+                value=moisture_exchange,
+                learn="moisture_exchange" in learn,
+            )
+            condensation = self.processes["condensation"]
+            for parameter in condensation.parameters():
+                parameter.requires_grad_(False)
+            constrain(
+                condensation,
+                "critical_relative_humidity",
+                OPTIONAL_SPECS["critical_relative_humidity"],
+                value=critical_relative_humidity,
+                learn="critical_relative_humidity" in learn,
+            )
         if device is not None:
             self.to(device)
 
@@ -212,6 +300,7 @@ class SingleColumnModel(Model):
         surface_temperature: Tensor,
         insolation: Tensor,
         air_temperature: Tensor | None = None,
+        relative_humidity: float = 0.7,
     ) -> dict[str, Tensor]:
         """A state for columns ``(column,)``; by default B2's initial profile.
 
@@ -220,12 +309,13 @@ class SingleColumnModel(Model):
             insolation: Top-of-atmosphere insolation per column in W m-2 (absorbed at the surface
                 after reflection by α).
             air_temperature: ``(column, level)`` K; default ``200 + (T_s − 200) p/p_s`` (B2.5).
+            relative_humidity: Initial relative humidity of every layer (with ``moisture``).
         """
         if air_temperature is None:
             fraction = self.layer_pressure / self.surface_pressure
             air_temperature = 200.0 + (surface_temperature.unsqueeze(-1) - 200.0) * fraction
         like = surface_temperature
-        return {
+        state = {
             "air_temperature": air_temperature,
             "surface_temperature": surface_temperature,
             "insolation": insolation,
@@ -233,6 +323,13 @@ class SingleColumnModel(Model):
             "air_density": torch.full_like(like, self.air_density),
             "surface_pressure": torch.full_like(like, self.surface_pressure),
         }
+        if self.moisture:
+            pressure = self.layer_pressure.expand_as(air_temperature)
+            state["air_pressure"] = pressure
+            state["specific_humidity"] = specific_humidity_from_relative_humidity(
+                torch.full_like(air_temperature, relative_humidity), air_temperature, pressure
+            )
+        return state
 
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
         """Summed tendencies (K s-1) of ``air_temperature`` and ``surface_temperature``."""
@@ -249,18 +346,27 @@ class SingleColumnModel(Model):
         final, _ = rollout(self.step, state, steps, checkpoint_every=checkpoint_every)
         return final
 
-    def _residual(self, packed: Tensor, forcing: dict[str, Tensor]) -> Tensor:
+    def _unpack(self, packed: Tensor) -> dict[str, Tensor]:
+        levels = self.levels
         state = {
-            **forcing,
-            "air_temperature": packed[..., :-1],
-            "surface_temperature": packed[..., -1],
+            "air_temperature": packed[..., :levels],
+            "surface_temperature": packed[..., levels],
         }
-        tendencies, _ = self(state)
-        # Scale to K per day so the Newton tolerance reads in familiar units.
-        return 86400.0 * torch.cat(
-            [tendencies["air_temperature"], tendencies["surface_temperature"].unsqueeze(-1)],
-            dim=-1,
-        )
+        if self.moisture:
+            # Humidity is packed in g kg-1 so that every unknown has a similar scale.
+            state["specific_humidity"] = 1e-3 * packed[..., levels + 1 :]
+        return state
+
+    def _pack(self, state: State) -> Tensor:
+        parts = [state["air_temperature"], state["surface_temperature"].unsqueeze(-1)]
+        if self.moisture:
+            parts.append(1e3 * state["specific_humidity"])
+        return torch.cat(parts, dim=-1)
+
+    def _residual(self, packed: Tensor, forcing: dict[str, Tensor]) -> Tensor:
+        tendencies, _ = self({**forcing, **self._unpack(packed)})
+        # Per day (K day-1, g kg-1 day-1) so the Newton tolerance reads in familiar units.
+        return 86400.0 * self._pack(tendencies)
 
     def equilibrium(
         self,
@@ -283,12 +389,9 @@ class SingleColumnModel(Model):
         """
         with torch.no_grad():
             spun = self.run(dict(state), spin_up_steps) if spin_up_steps else dict(state)
-        forcing = {
-            k: v for k, v in state.items() if k not in ("air_temperature", "surface_temperature")
-        }
-        packed = torch.cat(
-            [spun["air_temperature"], spun["surface_temperature"].unsqueeze(-1)], dim=-1
-        ).detach()
+        prognostic = ("air_temperature", "surface_temperature", "specific_humidity")
+        forcing = {k: v for k, v in state.items() if k not in prognostic}
+        packed = self._pack(spun).detach()
         bound, tensors = functional(self, "_residual")
 
         def residual(x: Tensor, *params: Tensor) -> Tensor:
@@ -296,8 +399,4 @@ class SingleColumnModel(Model):
             return result
 
         solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
-        return {
-            **forcing,
-            "air_temperature": solution[..., :-1],
-            "surface_temperature": solution[..., -1],
-        }
+        return {**forcing, **self._unpack(solution)}

@@ -272,15 +272,19 @@ class EBM1D(Model):
         ).to(grid.sin_latitude.device)
         shortwave = self.processes["shortwave"]
         assert isinstance(shortwave, AbsorbedShortwave)
-        counter = {"step": 0}
 
         def one_step(current: dict[str, Tensor]) -> dict[str, Tensor]:
-            day = counter["step"] % steps_per_year
-            counter["step"] += 1
-            insolation = shortwave.solar_constant * pattern[day]
-            stepped = self.step({**current, "insolation": insolation}, time_step)
-            return {"surface_temperature": stepped["surface_temperature"]}
+            # The step index travels in the state, so that checkpoint recomputation replays
+            # the same days (a Python counter would run on during the backward pass).
+            index = current["step_index"]
+            insolation = shortwave.solar_constant * pattern[index % steps_per_year]
+            stepped = self.step(
+                {"surface_temperature": current["surface_temperature"], "insolation": insolation},
+                time_step,
+            )
+            return {"surface_temperature": stepped["surface_temperature"], "step_index": index + 1}
 
+        state["step_index"] = torch.zeros((), dtype=torch.int64, device=pattern.device)
         state, _ = rollout(
             one_step, state, (years - 1) * steps_per_year, checkpoint_every=checkpoint_every
         )
