@@ -47,6 +47,7 @@ PROBLEMS = {
     "B2": "b2",
     "B3": "b3",
     "B4": "b4",
+    "ROLLOUT": "rollout",
 }
 
 

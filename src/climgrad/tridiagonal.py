@@ -453,6 +453,30 @@ def tridiagonal_matvec(lower: Tensor, diag: Tensor, upper: Tensor, x: Tensor) ->
 # --------------------------------------------------------------------------------------------------
 
 
+def _factor_any(lower: Tensor, diag: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_factor_levels_first` through the native sweeps when they apply, else eager."""
+    operands = tuple(t.contiguous() for t in torch.broadcast_tensors(lower, diag, upper))
+    out = (torch.empty_like(operands[1]), torch.empty_like(operands[1]))
+    if _native_call("factor", operands, out):
+        return out
+    return _factor_levels_first(lower, diag, upper)
+
+
+def _solve_any(
+    lower: Tensor, upper_ratio: Tensor, inverse_pivot: Tensor, rhs: Tensor, transposed: bool
+) -> Tensor:
+    """Solve with ``A`` (or ``A^T``) from its factors, native when possible, else eager."""
+    operands = tuple(
+        t.contiguous() for t in torch.broadcast_tensors(lower, upper_ratio, inverse_pivot, rhs)
+    )
+    out = torch.empty_like(operands[3])
+    if _native_call("solve_transposed" if transposed else "solve", operands, (out,)):
+        return out
+    if transposed:
+        return _solve_factored_transposed_levels_first(lower, upper_ratio, inverse_pivot, rhs)
+    return _solve_factored_levels_first(lower, upper_ratio, inverse_pivot, rhs)
+
+
 class _TridiagonalSolveFunction(torch.autograd.Function):
     """``x = A^{-1} d``; backward ``lambda = A^{-T} g``, ``dA = -lambda x^T`` on three diagonals."""
 
@@ -461,8 +485,8 @@ class _TridiagonalSolveFunction(torch.autograd.Function):
     @staticmethod
     def forward(lower: Tensor, diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
         a, b, c, d = _broadcast_levels_first(lower, diag, upper, rhs)
-        upper_ratio, inverse_pivot = _factor_levels_first(a, b, c)
-        return _solve_factored_levels_first(a, upper_ratio, inverse_pivot, d).movedim(0, -1)
+        upper_ratio, inverse_pivot = _factor_any(a, b, c)
+        return _solve_any(a, upper_ratio, inverse_pivot, d, transposed=False).movedim(0, -1)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -476,8 +500,8 @@ class _TridiagonalSolveFunction(torch.autograd.Function):
         lower, diag, upper, solution = ctx.saved_tensors
         # Re-factoring costs less memory than saving the factors and as much time as one sweep.
         a, b, c, g = _broadcast_levels_first(lower, diag, upper, grad_output)
-        upper_ratio, inverse_pivot = _factor_levels_first(a, b, c)
-        adjoint = _solve_factored_transposed_levels_first(a, upper_ratio, inverse_pivot, g)
+        upper_ratio, inverse_pivot = _factor_any(a, b, c)
+        adjoint = _solve_any(a, upper_ratio, inverse_pivot, g, transposed=True)
         grad_lower = grad_diag = grad_upper = grad_rhs = None
         if ctx.needs_input_grad[3]:
             grad_rhs = adjoint.movedim(0, -1).sum_to_size(ctx.rhs_shape)
