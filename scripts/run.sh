@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: set up .venv if needed, then run it. Arguments are passed on.
-# Until the calibration app lands, the main job is the gradient-verification demo of the
-# autograd bridge (scripts/examples/bridge_demo.py).
+# The main job: set up .venv if needed, then run the default calibration (experiment ebm_ncep:
+# EBM1D against NCEP R1 1991-2020 zonal means shipped in data/). Arguments are Hydra overrides,
+# e.g. `scripts/run.sh optimizer=lbfgs` or `scripts/run.sh experiment=two_layer_hadcrut`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh"
-exec "${CLIMGRAD_VENV:-$root/.venv}/bin/python" "$root/scripts/examples/bridge_demo.py" "$@"
+cd "$root"
+exec "${CLIMGRAD_VENV:-$root/.venv}/bin/climgrad-calibrate" "$@"

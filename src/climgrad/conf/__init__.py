@@ -1,0 +1,1 @@
+"""Hydra configs of climgrad-calibrate (a package so that Hydra finds them when installed)."""

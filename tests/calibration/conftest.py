@@ -1,0 +1,54 @@
+"""Helpers for the calibration-app tests: compose configs, run the app in- and out-of-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from climgrad.calibration.config import CONFIG_DIR, register_configs
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+#: Overrides that keep an in-process run short and silent.
+FAST = ["trainer.max_steps=3", "trainer.progress=false", "trainer.checkpoint_every=2"]
+
+
+@contextmanager
+def hydra_context() -> Iterator[None]:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        yield
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed ``calibrate`` config (without the ``hydra`` node)."""
+    with hydra_context():
+        return compose(config_name="calibrate", overrides=list(overrides))
+
+
+def run_app(
+    arguments: Sequence[str], *, timeout: float = 300, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
+    """``python -m climgrad.calibrate <arguments>`` in a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "climgrad.calibrate", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        check=False,
+    )
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
