@@ -49,7 +49,13 @@ def _problem(dtype: torch.dtype, device: str) -> tuple[EBM1D, dict[str, torch.Te
 def _loss_and_gradients(
     model: EBM1D, state: dict[str, torch.Tensor], steps: int, every: int | None
 ) -> tuple[float, list[torch.Tensor]]:
-    final, _ = rollout(lambda s: model.step(s, TIME_STEP), state, steps, checkpoint_every=every)
+    final, _ = rollout(
+        lambda s: model.step(s, TIME_STEP),
+        state,
+        steps,
+        checkpoint_every=every,
+        parameters=model.parameters(),
+    )
     loss = final["surface_temperature"].mean()
     parameters = model.learnable_parameters()
     gradients = torch.autograd.grad(loss, parameters)
@@ -74,7 +80,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def forward_with_graph(every: int | None = every) -> None:
             final, _ = rollout(
-                lambda s: model.step(s, TIME_STEP), state, steps, checkpoint_every=every
+                lambda s: model.step(s, TIME_STEP),
+                state,
+                steps,
+                checkpoint_every=every,
+                parameters=model.parameters(),
             )
             final["surface_temperature"].mean()
 

@@ -1,11 +1,14 @@
 """Time stepping with bounded memory, and equilibria differentiated implicitly.
 
 ``rollout``
-    Repeats a step function. With ``checkpoint_every=k`` the steps are grouped in segments of ``k``
-    run under :func:`torch.utils.checkpoint.checkpoint`: the forward pass keeps only the state at
-    each segment boundary, and the backward pass recomputes one segment at a time, so the memory of
-    the autograd graph grows like ``T/k + k`` steps instead of ``T`` (Griewank & Walther 2000,
-    ACM TOMS 26, 19, for the general theory; here the simple uniform scheme).
+    Repeats a step function. With ``checkpoint_every=k`` the steps are grouped in segments of ``k``:
+    the forward pass runs each segment without building a graph and keeps only the state at its
+    boundary, and the backward pass recomputes one segment at a time with its graph, so memory grows
+    like ``T/k + k`` steps instead of ``T`` (Griewank & Walther 2000, ACM TOMS 26, 19, for the
+    general theory; here the simple uniform scheme). The segments are a custom Function that
+    takes the parameters as explicit inputs, so ``torch.autograd.grad`` and ``.backward()`` both
+    work and the forward keeps no per-step autograd nodes (``torch.utils.checkpoint``'s
+    non-reentrant mode keeps a node per operation, which dominates for small states).
 ``equilibrium``
     Solves ``F(x; θ) = 0`` by Newton's method (with backtracking) and differentiates the solution
     by the implicit function theorem instead of through the iterations: for a loss ``ℓ(x*)``,
@@ -16,7 +19,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,12 +39,60 @@ __all__ = [
 StateDict = dict[str, Tensor]
 
 
+class _CheckpointedSegment(torch.autograd.Function):
+    """Run ``k`` steps without a graph; recompute them with one in the backward pass.
+
+    Inputs: the segment function, the number of state tensors, the state tensors, then the
+    parameters the step closes over (explicit inputs, so that their gradients are returned).
+    """
+
+    @staticmethod
+    def forward(
+        run: Callable[..., tuple[Tensor, ...]], n_state: int, *tensors: Tensor
+    ) -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            return tuple(t.detach() for t in run(*tensors[:n_state]))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        run, n_state, *tensors = inputs
+        ctx.run = run
+        ctx.n_state = n_state
+        ctx.save_for_backward(*tensors[:n_state])
+        ctx.parameters = tensors[n_state:]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        state = [
+            t.detach().requires_grad_(need)
+            for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])
+        ]
+        parameters = [p for p, need in zip(ctx.parameters, ctx.needs_input_grad[2 + ctx.n_state :])]
+        wanted = [t for t in state if t.requires_grad] + [p for p in parameters if p.requires_grad]
+        with torch.enable_grad():
+            outputs = ctx.run(*state)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+        grads = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            )
+            if pairs and wanted
+            else [None] * len(wanted)
+        )
+        result: list[Tensor | None] = [None, None]
+        for t in [*state, *parameters]:
+            result.append(next(grads) if t.requires_grad else None)
+        return tuple(result)
+
+
 def rollout(
     step: Callable[[StateDict], StateDict],
     state: Mapping[str, Tensor],
     steps: int,
     *,
     checkpoint_every: int | None = None,
+    parameters: Iterable[Tensor] | None = None,
     observe: Callable[[StateDict], Tensor] | None = None,
 ) -> tuple[StateDict, Tensor | None]:
     """Apply ``step`` ``steps`` times, optionally with gradient checkpointing.
@@ -51,6 +103,11 @@ def rollout(
         steps: Number of steps (≥ 0).
         checkpoint_every: Segment length ``k`` for gradient checkpointing; ``None`` keeps the
             whole graph (fastest, memory ∝ ``steps``).
+        parameters: The tensors ``step`` closes over that need gradients (e.g.
+            ``model.parameters()``). With ``checkpoint_every``, segments then keep no graph at
+            all in the forward pass (memory ∝ T/k + k). Without it, checkpointing falls back to
+            :func:`torch.utils.checkpoint.checkpoint` (non-reentrant), which saves no tensors
+            but keeps one autograd node per operation.
         observe: Optional ``state -> tensor`` evaluated after every step (a time series such as a
             global mean); the results are stacked along a new leading dimension.
 
@@ -78,11 +135,16 @@ def rollout(
 
     use_checkpoint = checkpoint_every is not None and torch.is_grad_enabled()
     length = checkpoint_every if (checkpoint_every is not None and use_checkpoint) else steps
+    explicit = [p for p in parameters if p.requires_grad] if parameters is not None else None
     done = 0
     while done < steps:
         this = min(length, steps - done) if length else steps - done
         tensors = tuple(current[name] for name in names)
-        if use_checkpoint:
+        if use_checkpoint and explicit is not None:
+            result = _CheckpointedSegment.apply(
+                functools.partial(segment, this), len(tensors), *tensors, *explicit
+            )
+        elif use_checkpoint:
             result = checkpoint(segment, this, *tensors, use_reentrant=False)
         else:
             result = segment(this, *tensors)

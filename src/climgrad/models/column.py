@@ -343,7 +343,9 @@ class SingleColumnModel(Model):
         self, state: State, steps: int, *, checkpoint_every: int | None = None
     ) -> dict[str, Tensor]:
         """``steps`` forward-Euler steps, optionally with gradient checkpointing."""
-        final, _ = rollout(self.step, state, steps, checkpoint_every=checkpoint_every)
+        final, _ = rollout(
+            self.step, state, steps, checkpoint_every=checkpoint_every, parameters=self.parameters()
+        )
         return final
 
     def _unpack(self, packed: Tensor) -> dict[str, Tensor]:

@@ -285,14 +285,20 @@ class EBM1D(Model):
             return {"surface_temperature": stepped["surface_temperature"], "step_index": index + 1}
 
         state["step_index"] = torch.zeros((), dtype=torch.int64, device=pattern.device)
+        parameters = list(self.parameters())
         state, _ = rollout(
-            one_step, state, (years - 1) * steps_per_year, checkpoint_every=checkpoint_every
+            one_step,
+            state,
+            (years - 1) * steps_per_year,
+            checkpoint_every=checkpoint_every,
+            parameters=parameters,
         )
         _, series = rollout(
             one_step,
             state,
             steps_per_year,
             checkpoint_every=checkpoint_every,
+            parameters=parameters,
             observe=lambda s: s["surface_temperature"],
         )
         assert series is not None

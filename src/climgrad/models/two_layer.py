@@ -627,6 +627,14 @@ class TwoLayerEBM(Model):
             {"x": x0, "mean": torch.zeros_like(x0), "index": index0},
             steps,
             checkpoint_every=checkpoint_every,
+            # What one_step closes over: segments then keep no graph in the forward pass.
+            parameters=[
+                transition,
+                forcing_response,
+                mean_transition,
+                mean_forcing_response,
+                forcing,
+            ],
             observe=lambda s: s["mean"],
         )
         assert series is not None
