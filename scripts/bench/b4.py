@@ -1,0 +1,840 @@
+"""Benchmark B4 (shared/benchmarks.md): the cost of calibrating the B3 twin, by method.
+
+Twin calibrations of :class:`climgrad.models.EBM1D` in float64, variant ``P = 3`` (θ = A, B, D) or
+``P = 91`` (θ = A_0 … A_89, D; B = 2 known), with the methods of B4.3:
+
+``adam_lr0.01`` / ``adam_lr0.03`` / ``adam_lr0.1``
+    ``torch.optim.Adam`` on u (default betas and epsilon), exact gradients (implicit differentiation
+    of the equilibrium, one reverse pass per iteration).
+``lbfgs``
+    ``scipy.optimize.minimize(method="L-BFGS-B")`` with exact gradients, history 10, its own line
+    search, ``ftol = gtol = 0`` and no bounds, so that only the success criterion (checked on the
+    iterate after every iteration, through the callback) or the budget stops it.
+``eki_J<J>``
+    Ensemble Kalman inversion with perturbed observations, the update of B4.3(b), vectorised
+    (numpy).
+``cmaes``
+    CMA-ES (the ``cma`` package, ask/tell), σ₀ = 0.1, default population, objective Φ; its own
+    termination criteria are switched off so that only success or the budget stops it.
+``lbfgs_fd``
+    The same L-BFGS-B with forward-difference gradients, absolute step 1e-8 in u (P + 1 solves per
+    gradient, no reverse pass).
+
+**Normalised coordinates.** Every method works on u = θ/θ₀ (B4.2). :class:`Twin` maps u to the
+model by writing θ = u θ₀ into EBM1D's own (log-)parameters before each solve (``right_inverse``
+of each parameter's bijection, as ``configure_parameters`` does); gradients come back through the
+model's implicit differentiation, as ``physical_gradients`` (∂Φ/∂θ), times θ₀ (∂Φ/∂u = θ₀ ∂Φ/∂θ).
+
+**Failed evaluations.** A u with a non-positive or non-finite θ cannot be written into the model
+(A, B, D are positive by construction); a solve where Newton's method does not reach the tolerance
+raises :class:`~climgrad.integrate.EquilibriumError`. Either is a *failed evaluation*: Φ = +inf.
+Solves that fail still count as solves (the work was done); rejected u (no solve attempted) are
+counted separately. Each method handles them as follows: Adam stops (a failure of the run; it
+cannot step without a gradient); L-BFGS-B receives Φ = +inf with a zero gradient (meant as a
+rejected line-search trial point; no L-BFGS run in the measured protocol met a failed evaluation,
+so how scipy's line search recovers from it is untested); EKI drops failed members from the
+covariances and re-draws them from a Gaussian fitted to the updated successful members (the
+``SampleSuccGauss`` failure handler of EnsembleKalmanProcesses); CMA-ES receives Φ = +inf, which
+ranks the member last.
+
+**Reporting.** Final Φ is evaluated at the final estimate after the run, outside the counts and the
+wall time. ``--time-limit`` (seconds, per run) is an addition to the protocol for the shared
+machine: a run stopped by it is reported as ``stopped: time limit``, not as a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import common
+import numpy as np
+import torch
+from torch import Tensor
+
+from climgrad.integrate import EquilibriumError
+from climgrad.models import EBM1D
+from climgrad.params import ParameterInfo, display_names, physical_gradients
+from climgrad.physics.insolation import legendre_p2
+
+#: B3.4: observation error scales of temperature (K) and OLR (W m-2).
+SIGMA_TEMPERATURE = 0.1
+SIGMA_OLR = 0.2
+#: B3.3: float64 solve tolerance on max |F| (W m-2).
+SOLVE_TOLERANCE = 1e-9
+#: B4.2: success when max_i |u_i / u*_i - 1| <= 0.01.
+SUCCESS_THRESHOLD = 0.01
+FINITE_DIFFERENCE_STEP = 1e-8
+ADAM_LEARNING_RATES = (0.01, 0.03, 0.1)
+#: B4.2 budget caps.
+ADAM_ITERATIONS = 1500
+LBFGS_EVALUATIONS = 3000
+EKI_ITERATIONS = {(3, 10): 300, (91, 100): 100, (91, 200): 50}
+EKI_ENSEMBLES = {3: (10,), 91: (100, 200)}
+CMAES_SOLVES = {3: 5000, 91: 40000}
+EKI_INITIAL_SPREAD = 0.1
+CMAES_SIGMA = 0.1
+
+#: B4.5 reference values.
+U_TRUE_P3 = (1.10526315789, 1.11111111111, 1.23333333333)
+LOSS_AT_GUESS_P3 = 893957.153119
+P91_REFERENCE = {
+    "loss": 514716.571865,
+    "dA[0]": -41.2623711214,
+    "dA[45]": -699.143926575,
+    "dA[89]": 162.985073443,
+    "sum dA": -45940.850058,
+    "dD": 692628.599333,
+}
+P91_TRUTH_REFERENCE = {
+    "T[-89]": -7.90290958279,
+    "T[-1]": 27.4872973051,
+    "T[+1]": 27.4221530888,
+    "T[+61]": -4.8994896263,
+    "T[+71]": -11.2555914811,
+    "T[+89]": -16.5981565482,
+    "global mean T": 14.4335980033,
+    "global mean OLR": 238.866891296,
+    "ice edge north": 68.8591122353,
+}
+#: Relative tolerance of the float64 gate for B3/B4 (section 0.2).
+FLOAT64_GATE = 1e-8
+CELSIUS = 273.15
+
+
+class BudgetExhausted(Exception):
+    """A method reached its budget cap (B4.2) or the run's time limit."""
+
+
+def band_index(model: EBM1D, latitude: float) -> int:
+    """Index of the band centred at ``latitude`` degrees."""
+    return int(torch.argmin((model.grid.latitude_degrees - latitude).abs()))
+
+
+@dataclass
+class Counters:
+    """Work done by one calibration run (B4.2 counts)."""
+
+    solves: int = 0
+    failed_solves: int = 0
+    rejected_points: int = 0
+    reverse_passes: int = 0
+
+
+class Twin:
+    """One B4 variant: truth, guess θ₀, observations y, and Φ(u), ∇Φ(u), G(u) with counters.
+
+    Args:
+        variant: 3 (θ = A, B, D) or 91 (θ = A_0 … A_89, D with B = 2 fixed).
+        dtype: Of the model (B4 is defined in float64; B3's float32 variant reuses this class).
+        tolerance: Solve tolerance on max |F| in W m-2.
+    """
+
+    def __init__(
+        self,
+        variant: int,
+        dtype: torch.dtype = torch.float64,
+        tolerance: float = SOLVE_TOLERANCE,
+    ) -> None:
+        if variant not in (3, 91):
+            raise ValueError(f"B4 has variants P = 3 and P = 91; got {variant}.")
+        self.variant = variant
+        self.tolerance = tolerance
+        self.dtype = dtype
+        self.names: tuple[str, ...]
+        if variant == 3:
+            self.names = ("A", "B", "D")
+            truth_values: dict[str, Any] = {"A": 210.0, "B": 2.0, "D": 0.555}
+            guess_values: dict[str, Any] = {"A": 190.0, "B": 1.8, "D": 0.45}
+        else:
+            self.names = ("A", "D")
+            x = EBM1D(dtype=torch.float64).grid.sin_latitude
+            truth_values = {"A": 210.0 - 6.0 * legendre_p2(x) + 4.0 * x, "B": 2.0, "D": 0.555}
+            guess_values = {"A": torch.full((90,), 190.0, dtype=torch.float64), "B": 2.0, "D": 0.45}
+        # Observations are made in float64 and rounded once for a float32 model (section 0.1).
+        self.truth = EBM1D(**truth_values, learn=self.names, dtype=torch.float64)
+        with torch.no_grad():
+            self.truth_state = self.truth.equilibrium(tol=min(tolerance, SOLVE_TOLERANCE))
+            observations = self._observables(self.truth, self.truth_state)
+        self.observations = observations.to(dtype)
+        self.model = EBM1D(**guess_values, learn=self.names, dtype=dtype)
+        self.parameters: list[ParameterInfo] = [display_names(self.model)[n] for n in self.names]
+        truth_infos = display_names(self.truth)
+        self.theta0 = torch.cat([info.value.detach().reshape(-1) for info in self.parameters])
+        self.theta_true = torch.cat(
+            [truth_infos[n].value.detach().reshape(-1).to(dtype) for n in self.names]
+        )
+        self.u_true = (self.theta_true / self.theta0).to(torch.float64).numpy()
+        ones = torch.ones(90, dtype=dtype)
+        self.error_scale = torch.cat([SIGMA_TEMPERATURE * ones, SIGMA_OLR * ones])
+        self.counters = Counters()
+        self.paused = False
+
+    @property
+    def size(self) -> int:
+        """P, the number of calibrated parameters."""
+        return int(self.theta0.numel())
+
+    @staticmethod
+    def _observables(model: EBM1D, state: dict[str, Tensor]) -> Tensor:
+        """G: the 90 temperatures (K) then the 90 OLR values (W m-2), ``(180,)``."""
+        olr = model(state)[1]["outgoing_longwave_radiation"]
+        return torch.cat([state["surface_temperature"], olr])
+
+    def misfit(self, observables: Tensor) -> Tensor:
+        """Φ = ½ Σ ((G − y)/σ)² (B3.4), dimensionless."""
+        return 0.5 * (((observables - self.observations) / self.error_scale) ** 2).sum()
+
+    def error(self, u: np.ndarray | Tensor) -> float:
+        """e(u) = max_i |u_i / u*_i − 1| (B4.2)."""
+        values = np.asarray(torch.as_tensor(u).detach().cpu().double().numpy())
+        return float(np.max(np.abs(values / self.u_true - 1.0)))
+
+    def reset(self) -> None:
+        """Zero the counters and put the guess θ₀ back into the model."""
+        self.counters = Counters()
+        self._write(self.theta0)
+
+    def _write(self, theta: Tensor) -> None:
+        offset = 0
+        with torch.no_grad():
+            for info in self.parameters:
+                count = info.raw.numel()
+                piece = theta[offset : offset + count].reshape(info.raw.shape)
+                bijection = getattr(info.module.parametrizations, info.attribute)[0]
+                info.raw.copy_(bijection.right_inverse(piece))
+                offset += count
+
+    def _set(self, u: np.ndarray | Tensor) -> bool:
+        """Write θ = u θ₀ into the model; False (and nothing written) if θ is not positive."""
+        theta = torch.as_tensor(u, dtype=torch.float64).to(self.dtype) * self.theta0
+        if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
+            if not self.paused:
+                self.counters.rejected_points += 1
+            return False
+        self._write(theta)
+        return True
+
+    def _solve(self) -> dict[str, Tensor] | None:
+        if not self.paused:
+            self.counters.solves += 1
+        try:
+            return self.model.equilibrium(tol=self.tolerance)
+        except EquilibriumError:
+            if not self.paused:
+                self.counters.failed_solves += 1
+            return None
+
+    def observe(self, u: np.ndarray | Tensor) -> np.ndarray | None:
+        """G(u) as float64 numpy ``(180,)``, or None for a failed evaluation. One solve."""
+        if not self._set(u):
+            return None
+        with torch.no_grad():
+            state = self._solve()
+            if state is None:
+                return None
+            return self._observables(self.model, state).double().numpy()
+
+    def loss(self, u: np.ndarray | Tensor) -> float:
+        """Φ(u) (no gradient); +inf for a failed evaluation. One solve."""
+        if not self._set(u):
+            return math.inf
+        with torch.no_grad():
+            state = self._solve()
+            if state is None:
+                return math.inf
+            return float(self.misfit(self._observables(self.model, state)))
+
+    def loss_and_theta_gradient(self, u: np.ndarray | Tensor) -> tuple[Tensor, Tensor] | None:
+        """Φ and ∂Φ/∂θ (physical units, flattened ``(P,)``) at u; None if the evaluation fails."""
+        if not self._set(u):
+            return None
+        self.model.zero_grad(set_to_none=True)
+        state = self._solve()
+        if state is None:
+            return None
+        loss = self.misfit(self._observables(self.model, state))
+        loss.backward()
+        if not self.paused:
+            self.counters.reverse_passes += 1
+        gradients = physical_gradients(self.model)
+        gradient = torch.cat([gradients[n].reshape(-1) for n in self.names])
+        return loss.detach(), gradient
+
+    def loss_and_gradient(self, u: np.ndarray | Tensor) -> tuple[float, np.ndarray | None]:
+        """Φ(u) and ∂Φ/∂u = θ₀ ∂Φ/∂θ as float64 numpy; (+inf, None) for a failed evaluation."""
+        result = self.loss_and_theta_gradient(u)
+        if result is None:
+            return math.inf, None
+        loss, gradient = result
+        return float(loss), (gradient * self.theta0).double().numpy()
+
+    def uncounted_loss(self, u: np.ndarray | Tensor) -> float:
+        """Φ(u) for reporting, outside the counts."""
+        self.paused = True
+        try:
+            return self.loss(u)
+        finally:
+            self.paused = False
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One calibration run (B4.4 row entries for one method and seed)."""
+
+    method: str
+    seed: int | None
+    success: bool
+    stopped: str
+    solves: int
+    failed_solves: int
+    rejected_points: int
+    reverse_passes: int
+    iterations: int
+    wall_s: float
+    final_error: float
+    final_loss: float
+    final_u: list[float] = field(repr=False)
+
+
+class _Clock:
+    def __init__(self, time_limit: float | None) -> None:
+        self.start = time.perf_counter()
+        self.time_limit = time_limit
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def check(self) -> None:
+        if self.time_limit is not None and self.elapsed() > self.time_limit:
+            raise BudgetExhausted("time limit")
+
+
+def _finish(
+    twin: Twin,
+    method: str,
+    seed: int | None,
+    success: bool,
+    stopped: str,
+    iterations: int,
+    wall: float,
+    u: np.ndarray,
+) -> RunResult:
+    counters = twin.counters
+    return RunResult(
+        method=method,
+        seed=seed,
+        success=success,
+        stopped=stopped,
+        solves=counters.solves,
+        failed_solves=counters.failed_solves,
+        rejected_points=counters.rejected_points,
+        reverse_passes=counters.reverse_passes,
+        iterations=iterations,
+        wall_s=wall,
+        final_error=twin.error(u),
+        final_loss=twin.uncounted_loss(u),
+        final_u=[float(v) for v in u],
+    )
+
+
+def run_adam(twin: Twin, learning_rate: float, time_limit: float | None = None) -> RunResult:
+    """Adam on u from u = 1 (B4.3 a); success checked on the iterate after every step."""
+    twin.reset()
+    u = torch.ones(twin.size, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([u], lr=learning_rate)
+    success, stopped, iterations = False, "budget", 0
+    clock = _Clock(time_limit)
+    try:
+        for step in range(1, ADAM_ITERATIONS + 1):
+            iterations = step
+            clock.check()
+            _, gradient = twin.loss_and_gradient(u.detach())
+            if gradient is None:
+                stopped = "failed evaluation"
+                break
+            u.grad = torch.from_numpy(gradient)
+            optimizer.step()
+            if twin.error(u) <= SUCCESS_THRESHOLD:
+                success, stopped = True, "success"
+                break
+    except BudgetExhausted as reason:
+        stopped = str(reason)
+    wall = clock.elapsed()
+    return _finish(
+        twin,
+        f"adam_lr{learning_rate:g}",
+        None,
+        success,
+        stopped,
+        iterations,
+        wall,
+        u.detach().numpy(),
+    )
+
+
+def run_lbfgs(
+    twin: Twin, finite_differences: bool = False, time_limit: float | None = None
+) -> RunResult:
+    """scipy L-BFGS-B (history 10, tolerances 0), exact or forward-difference gradients."""
+    from scipy.optimize import minimize
+
+    twin.reset()
+    size = twin.size
+    state: dict[str, Any] = {"evaluations": 0, "iterations": 0, "u": np.ones(size)}
+    clock = _Clock(time_limit)
+
+    def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
+        clock.check()
+        if state["evaluations"] >= LBFGS_EVALUATIONS:
+            raise BudgetExhausted("budget")
+        state["evaluations"] += 1
+        if finite_differences:
+            loss = twin.loss(u)
+            gradient = np.zeros(size)
+            if math.isfinite(loss):
+                for i in range(size):
+                    probe = u.copy()
+                    probe[i] += FINITE_DIFFERENCE_STEP
+                    gradient[i] = (twin.loss(probe) - loss) / FINITE_DIFFERENCE_STEP
+                if not np.isfinite(gradient).all():
+                    loss, gradient = math.inf, np.zeros(size)
+            return loss, gradient
+        loss, exact = twin.loss_and_gradient(u)
+        return loss, (np.zeros(size) if exact is None else exact)
+
+    def callback(intermediate_result: Any) -> None:
+        state["iterations"] += 1
+        state["u"] = np.array(intermediate_result.x)
+        if twin.error(state["u"]) <= SUCCESS_THRESHOLD:
+            state["success"] = True
+            raise StopIteration
+
+    stopped = "budget"
+    try:
+        result = minimize(
+            objective,
+            np.ones(size),
+            jac=True,
+            method="L-BFGS-B",
+            callback=callback,
+            options={
+                "maxcor": 10,
+                "ftol": 0.0,
+                "gtol": 0.0,
+                "maxfun": LBFGS_EVALUATIONS + 100,
+                "maxiter": 10**7,
+                "maxls": 20,
+            },
+        )
+        if not state.get("success"):
+            stopped = f"scipy: {result.message}"
+            state["u"] = np.array(result.x)
+    except BudgetExhausted as reason:
+        stopped = str(reason)
+    wall = clock.elapsed()
+    success = bool(state.get("success"))
+    if success:
+        stopped = "success"
+    name = "lbfgs_fd" if finite_differences else "lbfgs"
+    return _finish(twin, name, None, success, stopped, state["iterations"], wall, state["u"])
+
+
+def run_eki(
+    twin: Twin, ensemble_size: int, seed: int, time_limit: float | None = None
+) -> RunResult:
+    """Ensemble Kalman inversion with perturbed observations (B4.3 b), Δt = 1."""
+    twin.reset()
+    rng = np.random.default_rng(seed)
+    size = twin.size
+    cap = EKI_ITERATIONS[(twin.variant, ensemble_size)]
+    y = twin.observations.double().numpy()
+    noise_variance = (twin.error_scale.double() ** 2).numpy()
+    ensemble = 1.0 + EKI_INITIAL_SPREAD * rng.standard_normal((ensemble_size, size))
+    success, stopped, iterations = False, "budget", 0
+    clock = _Clock(time_limit)
+    try:
+        for step in range(1, cap + 1):
+            iterations = step
+            predictions = np.full((ensemble_size, y.size), np.nan)
+            for j in range(ensemble_size):
+                clock.check()
+                observed = twin.observe(ensemble[j])
+                if observed is not None:
+                    predictions[j] = observed
+            ok = np.isfinite(predictions).all(axis=1)
+            if ok.sum() < 2:
+                stopped = "failed evaluation (fewer than 2 successful members)"
+                break
+            members, outputs = ensemble[ok], predictions[ok]
+            count = members.shape[0]
+            member_anomalies = members - members.mean(axis=0)
+            output_anomalies = outputs - outputs.mean(axis=0)
+            cov_ug = member_anomalies.T @ output_anomalies / (count - 1)
+            cov_gg = output_anomalies.T @ output_anomalies / (count - 1)
+            perturbed = y + rng.standard_normal((count, y.size)) * np.sqrt(noise_variance)
+            innovation = np.linalg.solve(cov_gg + np.diag(noise_variance), (perturbed - outputs).T)
+            ensemble[ok] = members + (cov_ug @ innovation).T
+            if not ok.all():
+                # EnsembleKalmanProcesses' SampleSuccGauss: redraw failed members.
+                updated = ensemble[ok]
+                ensemble[~ok] = rng.multivariate_normal(
+                    updated.mean(axis=0), np.cov(updated, rowvar=False), size=int((~ok).sum())
+                )
+            if twin.error(ensemble.mean(axis=0)) <= SUCCESS_THRESHOLD:
+                success, stopped = True, "success"
+                break
+    except BudgetExhausted as reason:
+        stopped = str(reason)
+    wall = clock.elapsed()
+    return _finish(
+        twin,
+        f"eki_J{ensemble_size}",
+        seed,
+        success,
+        stopped,
+        iterations,
+        wall,
+        ensemble.mean(axis=0),
+    )
+
+
+def cma_available() -> bool:
+    """Whether the optional ``cma`` package is installed."""
+    try:
+        import cma  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_cmaes(twin: Twin, seed: int, time_limit: float | None = None) -> RunResult:
+    """CMA-ES (``cma`` package) from u = 1 with σ₀ = 0.1 and the default population (B4.3 c)."""
+    import cma
+
+    twin.reset()
+    cap = CMAES_SOLVES[twin.variant]
+    options = {
+        "seed": seed + 1,  # cma treats seed 0 as "random"
+        "verbose": -9,
+        "tolfun": 0.0,
+        "tolfunhist": 0.0,
+        "tolfunrel": 0.0,
+        "tolx": 0.0,
+        "tolstagnation": 10**9,
+        "tolflatfitness": 10**9,
+        "maxfevals": math.inf,
+        "maxiter": math.inf,
+    }
+    strategy = cma.CMAEvolutionStrategy(np.ones(twin.size), CMAES_SIGMA, options)
+    success, stopped, iterations = False, "budget", 0
+    clock = _Clock(time_limit)
+    try:
+        while twin.counters.solves + strategy.popsize <= cap:
+            iterations += 1
+            candidates = strategy.ask()
+            values = []
+            for candidate in candidates:
+                clock.check()
+                values.append(twin.loss(candidate))
+            strategy.tell(candidates, values)
+            if twin.error(strategy.mean) <= SUCCESS_THRESHOLD:
+                success, stopped = True, "success"
+                break
+    except BudgetExhausted as reason:
+        stopped = str(reason)
+    wall = clock.elapsed()
+    return _finish(twin, "cmaes", seed, success, stopped, iterations, wall, np.array(strategy.mean))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference check
+# ------------------------------------------------------------------------------------------------
+
+
+def reference_check(twin: Twin) -> dict[str, Any]:
+    """B4.5 at the guess (and, for P = 91, the equilibrium at the truth); float64 gate 1e-8."""
+    entries: dict[str, Any] = {}
+    twin.paused = True
+    try:
+        result = twin.loss_and_theta_gradient(np.ones(twin.size))
+    finally:
+        twin.paused = False
+    assert result is not None, "the solve at the guess failed"
+    loss, gradient = result
+    if twin.variant == 3:
+        entries["Phi(u=1)"] = common.reference_entry(loss, LOSS_AT_GUESS_P3, FLOAT64_GATE)
+        for i, (name, value) in enumerate(zip(twin.names, U_TRUE_P3, strict=True)):
+            # u* is quoted to 12 significant digits.
+            entries[f"u*[{name}]"] = common.reference_entry(twin.u_true[i], value, 1e-10)
+    else:
+        values: dict[str, Any] = {
+            "loss": loss,
+            "dA[0]": gradient[0],
+            "dA[45]": gradient[45],
+            "dA[89]": gradient[89],
+            "sum dA": gradient[:90].sum(),
+            "dD": gradient[90],
+        }
+        for name, value in values.items():
+            entries[name] = common.reference_entry(value, P91_REFERENCE[name], FLOAT64_GATE)
+        truth, state = twin.truth, twin.truth_state
+        temperature = state["surface_temperature"] - CELSIUS
+        diagnostics = truth.diagnose(state)
+        truth_values: dict[str, Any] = {
+            f"T[{lat:+d}]": temperature[band_index(truth, lat)] for lat in (-89, -1, 1, 61, 71, 89)
+        }
+        truth_values["global mean T"] = diagnostics["global_mean_temperature"] - CELSIUS
+        truth_values["global mean OLR"] = diagnostics["global_mean_outgoing_longwave"]
+        truth_values["ice edge north"] = diagnostics["ice_edge_latitude"]
+        for name, value in truth_values.items():
+            entries[f"truth {name}"] = common.reference_entry(
+                value, P91_TRUTH_REFERENCE[name], FLOAT64_GATE
+            )
+        south = bool((temperature[truth.grid.latitude_degrees < 0] > -10.0).all())
+        entries["truth southern cap ice-free"] = {"value": south, "passed": south}
+    return {"passed": all(e["passed"] for e in entries.values()), "entries": entries}
+
+
+# ------------------------------------------------------------------------------------------------
+# Protocol
+# ------------------------------------------------------------------------------------------------
+
+
+def _summarise(runs: Sequence[RunResult], stochastic: bool) -> dict[str, Any]:
+    """B4.4 row: deterministic -> first run's counts, median wall of all runs; stochastic ->
+    success rate and median [min-max] of solves and wall time."""
+    walls = [r.wall_s for r in runs]
+    summary: dict[str, Any] = {
+        "method": runs[0].method,
+        "runs": [{k: v for k, v in asdict(r).items()} for r in runs],
+        "wall_s": {"median": statistics.median(walls), "min": min(walls), "max": max(walls)},
+        "stopped": sorted({r.stopped for r in runs}),
+    }
+    if stochastic:
+        solves = [r.solves for r in runs]
+        summary.update(
+            seeds=[r.seed for r in runs],
+            success_rate=sum(r.success for r in runs) / len(runs),
+            solves={"median": statistics.median(solves), "min": min(solves), "max": max(solves)},
+            reverse_passes=statistics.median([r.reverse_passes for r in runs]),
+            final_error={
+                "median": statistics.median([r.final_error for r in runs]),
+                "max": max(r.final_error for r in runs),
+            },
+            final_loss={
+                "median": statistics.median([r.final_loss for r in runs]),
+                "max": max(r.final_loss for r in runs),
+            },
+        )
+    else:
+        first = runs[0]
+        summary.update(
+            success=first.success,
+            solves=first.solves,
+            reverse_passes=first.reverse_passes,
+            iterations=first.iterations,
+            final_error=first.final_error,
+            final_loss=first.final_loss,
+            deterministic=all((r.solves, r.final_u) == (first.solves, first.final_u) for r in runs),
+        )
+    return summary
+
+
+def default_methods(variant: int) -> list[str]:
+    """Every method of B4.3 for one variant."""
+    methods = [f"adam_lr{lr:g}" for lr in ADAM_LEARNING_RATES] + ["lbfgs"]
+    methods += [f"eki_J{j}" for j in EKI_ENSEMBLES[variant]] + ["cmaes", "lbfgs_fd"]
+    return methods
+
+
+def run_method(
+    twin: Twin, method: str, repeats: int, seeds: Sequence[int], time_limit: float | None
+) -> dict[str, Any]:
+    """All runs of one method (``repeats`` for deterministic ones, ``seeds`` for stochastic)."""
+    runner: Callable[[int | None], RunResult]
+    if method.startswith("adam_lr"):
+        rate = float(method.removeprefix("adam_lr"))
+        runner = lambda _seed: run_adam(twin, rate, time_limit)  # noqa: E731
+    elif method in ("lbfgs", "lbfgs_fd"):
+        fd = method == "lbfgs_fd"
+        runner = lambda _seed: run_lbfgs(twin, fd, time_limit)  # noqa: E731
+    elif method.startswith("eki_J"):
+        members = int(method.removeprefix("eki_J"))
+        if (twin.variant, members) not in EKI_ITERATIONS:
+            raise ValueError(f"{method} is not defined for P = {twin.variant}.")
+        runner = lambda seed: run_eki(twin, members, int(seed or 0), time_limit)  # noqa: E731
+    elif method == "cmaes":
+        if not cma_available():
+            return {"method": method, "not_run": "the `cma` package is not installed"}
+        runner = lambda seed: run_cmaes(twin, int(seed or 0), time_limit)  # noqa: E731
+    else:
+        raise ValueError(f"Unknown method {method!r}; valid: {default_methods(twin.variant)}.")
+    stochastic = method.startswith(("eki", "cmaes"))
+    runs = (
+        [runner(seed) for seed in seeds] if stochastic else [runner(None) for _ in range(repeats)]
+    )
+    return _summarise(runs, stochastic)
+
+
+def run_variant(
+    variant: int,
+    methods: Sequence[str] | None = None,
+    repeats: int = 3,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    time_limit: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Reference check, then every method on one variant; JSON-ready."""
+    twin = Twin(variant)
+    check = reference_check(twin)
+    results: dict[str, Any] = {}
+    for method in methods or default_methods(variant):
+        start = time.perf_counter()
+        results[method] = run_method(twin, method, repeats, seeds, time_limit)
+        if progress is not None:
+            progress(f"B4 P={variant} {method}: {time.perf_counter() - start:.1f} s")
+    return {
+        "variant": variant,
+        "u_true": twin.u_true.tolist(),
+        "reference_check": check,
+        "repeats": repeats,
+        "seeds": list(seeds),
+        "time_limit_s": time_limit,
+        "methods": results,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """B4 options for ``scripts/bench.py``."""
+    parser.add_argument("--variant", choices=["3", "91", "both"], default="3")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated subset, e.g. lbfgs,eki_J10 (default: all)"
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of stochastic methods (>= 5)")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs of deterministic methods (median wall time)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 seeds, 1 run each: a check, not the protocol"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="seconds per run (not in the protocol)"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run B4 (float64 only) and return the JSON-ready result."""
+    if args.dtype != "float64":
+        raise SystemExit("B4 is defined in float64 only (benchmarks.md B4); use --dtype float64.")
+    if args.device != "cpu":
+        raise SystemExit("B4 runs on the CPU (one small model solved sequentially).")
+    variants = [3, 91] if getattr(args, "variant", "3") == "both" else [int(args.variant)]
+    quick = bool(getattr(args, "quick", False))
+    seeds = list(range(2 if quick else getattr(args, "seeds", 5)))
+    repeats = 1 if quick else getattr(args, "runs", 3)
+    methods = getattr(args, "methods", None)
+    selected = methods.split(",") if methods else None
+    results = {}
+    for variant in variants:
+        chosen = selected
+        if chosen is not None:
+            chosen = [m for m in chosen if not m.startswith("eki") or m in default_methods(variant)]
+        results[f"P={variant}"] = run_variant(
+            variant,
+            chosen,
+            repeats=repeats,
+            seeds=seeds,
+            time_limit=getattr(args, "time_limit", None),
+            progress=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+    return {
+        "problem": "B4",
+        "dtype": "float64",
+        "device": "cpu",
+        "quick": quick,
+        "machine": common.machine_info("cpu"),
+        "reference_check": {
+            "passed": all(r["reference_check"]["passed"] for r in results.values()),
+            "entries": {
+                f"{name}: {key}": entry
+                for name, r in results.items()
+                for key, entry in r["reference_check"]["entries"].items()
+            },
+        },
+        "calibrations": results,
+    }
+
+
+def _range(value: Any, digits: int = 0) -> str:
+    if isinstance(value, dict):
+        return f"{value['median']:.{digits}f} [{value['min']:.{digits}f}-{value['max']:.{digits}f}]"
+    return f"{value:.{digits}f}"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """B4.4 table (Markdown): one row per method and variant."""
+    columns = (
+        "variant",
+        "method",
+        "success",
+        "model solves",
+        "reverse passes",
+        "wall s",
+        "final e(u)",
+        "final Phi",
+        "stopped",
+    )
+    rows = []
+    for result in results:
+        for name, calibration in result["calibrations"].items():
+            for method, summary in calibration["methods"].items():
+                if "not_run" in summary:
+                    rows.append([name, method, "not run: " + summary["not_run"]] + [""] * 6)
+                    continue
+                if "success_rate" in summary:
+                    success = f"{summary['success_rate']:.0%} of {len(summary['seeds'])} seeds"
+                    errors = summary["final_error"]
+                    error = f"{errors['median']:.2e} (max {errors['max']:.2e})"
+                    loss = f"{summary['final_loss']['median']:.3g}"
+                    reverse = f"{summary['reverse_passes']:g}"
+                else:
+                    success = "yes" if summary["success"] else "no"
+                    error = f"{summary['final_error']:.2e}"
+                    loss = f"{summary['final_loss']:.3g}"
+                    reverse = str(summary["reverse_passes"])
+                rows.append(
+                    [
+                        name,
+                        method,
+                        success,
+                        _range(summary["solves"]),
+                        reverse,
+                        _range(summary["wall_s"], 2),
+                        error,
+                        loss,
+                        "; ".join(summary["stopped"]),
+                    ]
+                )
+    lines = [common.format_table(rows, columns)]
+    for result in results:
+        machine = result["machine"]
+        lines.append(
+            f"\nB4 on {machine['cpu_model']} ({machine['logical_cores']} logical cores, "
+            f"{machine['torch_threads']} torch threads, torch {machine['torch_version']})"
+            f"{' QUICK (not the full protocol)' if result.get('quick') else ''}"
+        )
+        failed = [k for k, v in result["reference_check"]["entries"].items() if not v["passed"]]
+        lines.append(f"  reference check: {'passed' if not failed else 'FAILED ' + str(failed)}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Benchmarks B3 and B4: the B3.6 / B4.5 reference gates and the JSON shape of a reduced B4 run.
+
+No timing assertions: the machine is shared. Full B4 runs are not tests (scripts/bench.py B4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPOSITORY / "scripts" / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_modules() -> Iterator[tuple[Any, Any, Any]]:
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import b3
+        import b4
+        import common
+
+        yield b3, b4, common
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def b3_float64(bench_modules: tuple[Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
+    b3 = bench_modules[0]
+    problem = b3.Problem("float64")
+    return problem, b3.reference_check(problem, ["implicit", "unrolled"])
+
+
+def test_b3_float64_reference_values(b3_float64: tuple[Any, dict[str, Any]]) -> None:
+    _, check = b3_float64
+    entries = check["entries"]
+    assert check["passed"], {k: v for k, v in entries.items() if not v["passed"]}
+    # Both exact gradients reproduce B3.6 to the float64 gate (1e-8), and the iteration counts.
+    for implementation in ("implicit", "unrolled"):
+        for quantity in ("Phi", "dA", "dB", "dD"):
+            assert entries[f"{implementation}: {quantity}"]["relative_error"] <= 1e-8
+    assert entries["truth Newton iterations to 1e-10"]["value"] == 6
+    assert entries["guess Newton iterations to 1e-10"]["value"] == 4
+    assert math.isnan(entries["guess ice edge north"]["value"])
+
+
+def test_b3_float32_gate(bench_modules: tuple[Any, Any, Any]) -> None:
+    b3 = bench_modules[0]
+    problem = b3.Problem("float32")
+    check = b3.reference_check(problem, ["implicit"])
+    assert check["passed"], {k: v for k, v in check["entries"].items() if not v["passed"]}
+    loss, gradient = problem.forward_backward("implicit")()
+    assert loss.dtype == torch.float32 and gradient.dtype == torch.float32
+
+
+def test_b3_finite_differences_agree_with_the_implicit_gradient(
+    b3_float64: tuple[Any, dict[str, Any]], bench_modules: tuple[Any, Any, Any]
+) -> None:
+    problem, _ = b3_float64
+    common = bench_modules[2]
+    _, exact = problem.forward_backward("implicit")()
+    _, central = problem.forward_backward("finite_differences_central")()
+    _, forward = problem.forward_backward("finite_differences_forward")()
+    assert common.relative_error(central, exact) < 1e-7
+    assert common.relative_error(forward, exact) < 1e-5
+    # The finite-difference probes leave the model at the guess.
+    loss, _ = problem.forward_backward("implicit")()
+    assert float(loss) == pytest.approx(893957.153119, rel=1e-8)
+
+
+def test_b3_unrolled_gradient_keeps_the_iterations(
+    b3_float64: tuple[Any, dict[str, Any]], bench_modules: tuple[Any, Any, Any]
+) -> None:
+    b3 = bench_modules[0]
+    problem, _ = b3_float64
+    implicit = b3.graph_saved_bytes(problem.loss_with_graph("implicit")())
+    unrolled = b3.graph_saved_bytes(problem.loss_with_graph("unrolled")())
+    # One 90 x 90 Jacobian per Newton iteration (4 at the guess) is kept by the unrolled graph.
+    assert unrolled > 4 * 90 * 90 * 8 > implicit > 0
+
+
+def test_b4_p91_reference_values(bench_modules: tuple[Any, Any, Any]) -> None:
+    b4 = bench_modules[1]
+    twin = b4.Twin(91)
+    check = b4.reference_check(twin)
+    assert check["passed"], {k: v for k, v in check["entries"].items() if not v["passed"]}
+    assert twin.size == 91
+    assert twin.u_true[:90].min() == pytest.approx(200.003350498 / 190.0, rel=1e-10)
+    # A per-band A reaches the model: the truth is not symmetric about the equator.
+    temperature = twin.truth_state["surface_temperature"]
+    assert float((temperature - temperature.flip(0)).abs().max()) > 1.0
+
+
+def test_b4_gradient_in_u_is_theta0_times_the_physical_gradient(
+    bench_modules: tuple[Any, Any, Any],
+) -> None:
+    b4 = bench_modules[1]
+    twin = b4.Twin(3)
+    u = np.array([1.05, 1.02, 1.1])
+    loss, gradient = twin.loss_and_gradient(u)
+    step = 1e-6
+    for i in range(3):
+        probe_plus, probe_minus = u.copy(), u.copy()
+        probe_plus[i] += step
+        probe_minus[i] -= step
+        central = (twin.loss(probe_plus) - twin.loss(probe_minus)) / (2 * step)
+        assert gradient is not None
+        assert gradient[i] == pytest.approx(central, rel=1e-6)
+    assert twin.counters.solves == 7 and twin.counters.reverse_passes == 1
+    assert loss == pytest.approx(twin.loss(u), rel=1e-12)
+
+
+def test_b4_failed_evaluations_are_infinite_and_counted(
+    bench_modules: tuple[Any, Any, Any],
+) -> None:
+    b4 = bench_modules[1]
+    twin = b4.Twin(3)
+    twin.reset()
+    assert twin.loss(np.array([-1.0, 1.0, 1.0])) == math.inf
+    assert twin.observe(np.array([1.0, math.nan, 1.0])) is None
+    assert twin.loss_and_gradient(np.array([1.0, 0.0, 1.0])) == (math.inf, None)
+    assert twin.counters.rejected_points == 3 and twin.counters.solves == 0
+    # Newton cannot reach 1e-9 in 0 iterations: a failed solve, counted as a solve.
+
+    def failing(tol: float) -> None:
+        raise b4.EquilibriumError("forced")
+
+    twin.model.equilibrium = failing  # type: ignore[method-assign]
+    assert twin.loss(np.ones(3)) == math.inf
+    assert twin.counters.solves == 1 and twin.counters.failed_solves == 1
+
+
+def test_b4_reduced_run_json_shape(bench_modules: tuple[Any, Any, Any]) -> None:
+    b4, common = bench_modules[1], bench_modules[2]
+    args = argparse.Namespace(
+        dtype="float64",
+        device="cpu",
+        variant="3",
+        methods="lbfgs,adam_lr0.1",
+        quick=True,
+        seeds=5,
+        runs=3,
+        time_limit=None,
+    )
+    result = json.loads(json.dumps(common.as_jsonable(b4.run(args))))
+    assert result["problem"] == "B4" and result["quick"] is True
+    assert result["reference_check"]["passed"]
+    calibration = result["calibrations"]["P=3"]
+    assert calibration["u_true"] == pytest.approx([1.10526315789, 1.11111111111, 1.23333333333])
+    assert set(calibration["methods"]) == {"lbfgs", "adam_lr0.1"}
+    for summary in calibration["methods"].values():
+        assert summary["success"] is True
+        assert summary["final_error"] <= 0.01
+        assert summary["solves"] == summary["reverse_passes"] > 0
+        assert len(summary["runs"]) == 1
+        assert summary["wall_s"]["median"] > 0
+    assert "| P=3 | lbfgs | yes |" in b4.format_table([result])
