@@ -6,6 +6,7 @@ runs the same loop from Python with a :class:`CalibrateConfig`.
 
 from __future__ import annotations
 
+from climgrad.calibration import adapters_column, adapters_surface  # noqa: F401 (registers)
 from climgrad.calibration.adapters import (
     ADAPTERS,
     EBM1DAdapter,
