@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import xarray as xr
 
@@ -57,7 +56,6 @@ def test_bad_data_path_fails_with_one_line_and_overwrites_nothing(tmp_path: Path
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "tb").exists()
 
 
-@pytest.mark.slow
 def test_multirun_of_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
     result = run_app(["-m", *TWIN, "trainer.max_steps=2", "seed=0,1", f"hydra.sweep.dir={sweep}"])
@@ -79,7 +77,6 @@ def _checkpoint_step(path: Path) -> int:
         return -1
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "climgrad.calibrate", *TWIN, f"hydra.run.dir={killed}"]
