@@ -494,6 +494,24 @@ def absorbed_shortwave(insolation: Tensor, surface_albedo: Tensor | float) -> Te
 # --------------------------------------------------------------------------------------------------
 
 
+def check_interface_pressure(interface_pressure: Tensor) -> Tensor:
+    """Validate interface pressures ``(level + 1,)`` in Pa, top first; return them as a tensor.
+
+    A floating tensor keeps its dtype (float64 stays float64); anything else becomes float64.
+    """
+    pressure = torch.as_tensor(interface_pressure)
+    if not pressure.is_floating_point():
+        pressure = pressure.to(torch.float64)
+    if pressure.dim() != 1 or pressure.numel() < 2:
+        raise ValueError("`interface_pressure` must be 1-D with at least 2 interfaces (Pa).")
+    if bool((pressure[1:] <= pressure[:-1]).any()) or float(pressure[0]) < 0:
+        raise ValueError(
+            "`interface_pressure` must be >= 0 and strictly increase from the top of the "
+            "atmosphere to the surface (Pa); reverse it if it runs from the surface up."
+        )
+    return pressure
+
+
 class GrayRadiation(Process):
     """Gray radiation of a column: longwave heating of the layers and the surface energy budget.
 
@@ -531,14 +549,7 @@ class GrayRadiation(Process):
         surface_albedo: float = 0.3,
     ) -> None:
         super().__init__()
-        pressure = torch.as_tensor(interface_pressure, dtype=torch.get_default_dtype())
-        if pressure.dim() != 1 or pressure.numel() < 2:
-            raise ValueError("`interface_pressure` must be 1-D with at least 2 interfaces (Pa).")
-        if bool((pressure[1:] <= pressure[:-1]).any()) or float(pressure[0]) < 0:
-            raise ValueError(
-                "`interface_pressure` must be >= 0 and strictly increase from the top of the "
-                "atmosphere to the surface (Pa); reverse it if it runs from the surface up."
-            )
+        pressure = check_interface_pressure(interface_pressure)
         if surface_heat_capacity <= 0:
             raise ValueError("`surface_heat_capacity` must be positive (J m-2 K-1).")
         self.register_buffer("interface_pressure", pressure)

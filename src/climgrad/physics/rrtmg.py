@@ -45,7 +45,7 @@ from climgrad.autograd.external import ExternalFunction, external
 from climgrad.constants import Constant
 from climgrad.constants import solar_constant as default_solar_constant
 from climgrad.physics.process import Process
-from climgrad.physics.radiation import radiative_heating_rate
+from climgrad.physics.radiation import check_interface_pressure, radiative_heating_rate
 from climgrad.typing import Diagnostics, State, Tendencies
 
 __all__ = [
@@ -531,14 +531,7 @@ class _RRTMGProcess(Process):
         solar_constant: float = float(default_solar_constant),
     ) -> None:
         super().__init__()
-        pressure = torch.as_tensor(interface_pressure, dtype=torch.get_default_dtype())
-        if pressure.dim() != 1 or pressure.numel() < 2:
-            raise ValueError("`interface_pressure` must be 1-D with at least 2 interfaces (Pa).")
-        if bool((pressure[1:] <= pressure[:-1]).any()) or float(pressure[0]) < 0:
-            raise ValueError(
-                "`interface_pressure` must be >= 0 and strictly increase from the top of the "
-                "atmosphere to the surface (Pa); reverse it if it runs from the surface up."
-            )
+        pressure = check_interface_pressure(interface_pressure)
         if surface_heat_capacity is not None and surface_heat_capacity <= 0:
             raise ValueError("`surface_heat_capacity` must be positive (J m-2 K-1) or None.")
         self.register_buffer("interface_pressure", pressure)
