@@ -569,6 +569,14 @@ class _RRTMGProcess(Process):
             )
         return self.ozone_mass_mixing_ratio.to(like.dtype)
 
+    def _heating(self, net_upward: Tensor, pressure: Tensor) -> tuple[Tensor, Tendencies]:
+        """Layer heating rate (K s-1) from the net upward flux, and the tendencies it implies."""
+        heating = radiative_heating_rate(net_upward, pressure[1:] - pressure[:-1])
+        tendencies = {"air_temperature": heating}
+        if self.surface_heat_capacity is not None:
+            tendencies["surface_temperature"] = -net_upward[..., -1] / self.surface_heat_capacity
+        return heating, tendencies
+
     def mole_fractions(self) -> dict[str, Tensor]:
         """The gas mole fractions (mol mol-1) by name, parameters and fixed buffers alike."""
         return {name: getattr(self, f"{name}_mole_fraction") for name in self.gases}
@@ -620,10 +628,7 @@ class RRTMGLongwave(_RRTMGProcess):
             operator=self.operator,
         )
         net = upward - downward
-        heating = radiative_heating_rate(net, pressure[1:] - pressure[:-1])
-        tendencies = {"air_temperature": heating}
-        if self.surface_heat_capacity is not None:
-            tendencies["surface_temperature"] = -net[..., -1] / self.surface_heat_capacity
+        heating, tendencies = self._heating(net, pressure)
         diagnostics = {
             "upward_longwave_flux": upward,
             "downward_longwave_flux": downward,
@@ -708,10 +713,7 @@ class RRTMGShortwave(_RRTMGProcess):
             operator=self.operator,
         )
         net_up = upward - downward
-        heating = radiative_heating_rate(net_up, pressure[1:] - pressure[:-1])
-        tendencies = {"air_temperature": heating}
-        if self.surface_heat_capacity is not None:
-            tendencies["surface_temperature"] = -net_up[..., -1] / self.surface_heat_capacity
+        heating, tendencies = self._heating(net_up, pressure)
         diagnostics = {
             "upward_shortwave_flux": upward,
             "downward_shortwave_flux": downward,
