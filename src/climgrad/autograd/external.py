@@ -84,21 +84,24 @@ class CallCounter:
         backward: Calls of the wrapped callable made by backward passes (finite-difference probes).
         derivative: Calls of a user-supplied ``jvp``, ``vjp`` or ``jacobian``.
         last_backward: Calls of the wrapped callable made by the most recent backward pass.
+        tangent: Calls of the wrapped callable made by forward-mode passes (Jacobian-vector
+            products: 2 per product with central differences, whatever the structure).
     """
 
     forward: int = 0
     backward: int = 0
     derivative: int = 0
     last_backward: int = 0
+    tangent: int = 0
 
     @property
     def total(self) -> int:
         """All calls of the wrapped callable."""
-        return self.forward + self.backward
+        return self.forward + self.backward + self.tangent
 
     def reset(self) -> None:
         """Set every count to zero."""
-        self.forward = self.backward = self.derivative = self.last_backward = 0
+        self.forward = self.backward = self.derivative = self.last_backward = self.tangent = 0
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ class ExternalFunction:
         return outputs if self._returns_tuple else outputs[0]
 
     _returns_tuple: bool = False
+    _pending: tuple[list[Any], tuple[Array, ...]] = ([], ())
 
     def _call(self, arrays: Sequence[Any], purpose: str) -> tuple[Array, ...]:
         """Call the wrapped callable and check its outputs."""
@@ -483,6 +487,155 @@ class ExternalFunction:
             for i, (g, need) in enumerate(zip(gradients, needs_grad))
         ]
 
+    # ------------------------------------------------------------------------------------------
+    # Forward mode
+
+    def jacobian_vector_product(
+        self,
+        inputs: Sequence[Any],
+        outputs: Sequence[Array],
+        tangents: Sequence[Array | None],
+    ) -> list[Array]:
+        """Directional derivatives ``J v`` of every output along the joint input tangent ``v``.
+
+        Finite differences take one directional difference along ``v`` (all inputs together):
+        ``(f(x + t v) - f(x - t v)) / 2t`` (2 calls, whatever the structure and the number of
+        inputs; 1 call for forward differences and the complex step). The scalar ``t`` makes the
+        largest relative perturbation ``max |t v_k| / |x_k|`` equal ``rel_step`` (elements with
+        ``x_k = 0`` use the backward's floor step as their scale), so a tangent along one element
+        gets the same step as the backward's probe of that element; with ``structure="column"``
+        each column takes its own ``t`` (unless a shared input such as a scalar is perturbed),
+        so forward- and reverse-mode Jacobians use identical steps. A user ``jvp`` is called
+        once; a user ``jacobian`` is contracted with the tangents.
+
+        Args:
+            inputs: The positional inputs as NumPy arrays (non-tensor arguments as given).
+            outputs: The forward outputs.
+            tangents: One array (the input's shape) or None per input.
+
+        Returns:
+            One tangent array per output, of the output's shape (float64).
+
+        Raises:
+            NotImplementedError: For an ``ExternalFunction`` built with ``vjp=`` only (it has no
+                forward mode; use reverse mode).
+        """
+        shapes = [np.shape(o) for o in outputs]
+        active = [i for i, t in enumerate(tangents) if t is not None and np.any(t != 0)]
+        if not active:
+            return [np.zeros(shape) for shape in shapes]
+        if self.vjp is not None:
+            raise NotImplementedError(
+                f"{self.name} was built with vjp= only, which gives no forward mode "
+                "(Jacobian-vector products); supply jvp= or jacobian=, or use reverse mode."
+            )
+        if self.jvp is not None:
+            full = [
+                np.zeros(np.shape(a)) if t is None else np.asarray(t)
+                for a, t in zip(inputs, tangents)
+            ]
+            self.calls.derivative += 1
+            result = self.jvp(tuple(inputs), tuple(full))
+            result = result if isinstance(result, tuple) else (result,)
+            return [np.asarray(r, dtype=np.float64) for r in result]
+        batch = self._batch_shape(outputs, [_tensor_like(a) for a in inputs])
+        if self.jacobian is not None:
+            return self._jvp_from_jacobian(inputs, tangents, active, shapes, batch)
+        work = [
+            np.asarray(a, dtype=self._work_dtype(a)) if isinstance(a, np.ndarray) else a
+            for a in inputs
+        ]
+        directions = {i: np.asarray(tangents[i], dtype=np.float64) for i in active}
+        # Columns are independent, so with structure="column" each column can take its own t
+        # (then a tangent along one level gets exactly the backward's step for that element),
+        # unless an input shared by several columns (a scalar, say) is perturbed.
+        per_column = self.structure == "column" and all(
+            np.shape(work[i])[: len(batch)] == batch for i in active
+        )
+        ratio: Any = np.zeros(batch) if per_column else 0.0
+        for i, v in directions.items():
+            x = np.asarray(work[i])
+            scale = np.abs(x).astype(np.float64)
+            typical = float(scale.mean()) if scale.size else 0.0
+            rel = self._default_rel_step(x.dtype)
+            floor = self.abs_step / rel if self.abs_step is not None else (typical or 1.0)
+            relative = np.abs(v) / np.where(scale > 0, scale, floor)
+            if per_column:
+                if relative.ndim > len(batch):
+                    relative = relative.max(axis=-1)
+                ratio = np.maximum(ratio, relative)
+            else:
+                ratio = max(ratio, float(np.max(relative)))
+        rel = self._default_rel_step(np.asarray(work[active[0]]).dtype)
+        t = rel / np.where(np.asarray(ratio) > 0, ratio, 1.0)
+
+        def scaled(value: Array) -> Array:
+            """``t v`` with a per-column ``t`` broadcast over the levels of profile inputs."""
+            if per_column and value.ndim > len(batch):
+                return value * t[..., None]
+            return value * t
+
+        def call_with(sign: complex) -> tuple[Array, ...]:
+            arguments = list(work)
+            for i, v in directions.items():
+                x = np.asarray(work[i])
+                if isinstance(sign, complex):
+                    x = x.astype(np.result_type(x.dtype, np.complex64))
+                arguments[i] = x + np.asarray(sign * scaled(v)).astype(x.dtype)
+            self.calls.tangent += 1
+            return self._call(arguments, "a forward-mode (Jacobian-vector product) pass")
+
+        step = t[..., None] if per_column else t  # outputs are (..., M)
+        if self.method == "complex":
+            return [np.imag(s).astype(np.float64) / step for s in call_with(1j)]
+        plus = call_with(1.0)
+        if self.method == "forward":
+            if self.fd_dtype is not None:
+                self.calls.tangent += 1
+                outputs = self._call(work, "a forward-mode pass (base point)")
+            return [
+                (p.astype(np.float64) - np.asarray(o, dtype=np.float64)) / step
+                for p, o in zip(plus, outputs)
+            ]
+        minus = call_with(-1.0)
+        return [
+            (p.astype(np.float64) - m.astype(np.float64)) / (2.0 * step)
+            for p, m in zip(plus, minus)
+        ]
+
+    def _jvp_from_jacobian(
+        self,
+        inputs: Sequence[Any],
+        tangents: Sequence[Array | None],
+        active: Sequence[int],
+        shapes: Sequence[tuple[int, ...]],
+        batch: tuple[int, ...],
+    ) -> list[Array]:
+        assert self.jacobian is not None
+        self.calls.derivative += 1
+        blocks = self.jacobian(*inputs)
+        tensor_positions = [i for i, a in enumerate(inputs) if isinstance(a, np.ndarray)]
+        if len(shapes) == 1 and len(tensor_positions) == 1:
+            blocks = ((blocks,),)
+        result = [np.zeros(shape) for shape in shapes]
+        for o, shape in enumerate(shapes):
+            for j, position in enumerate(tensor_positions):
+                block = blocks[o][j]
+                if position not in active or block is None:
+                    continue
+                v = np.asarray(tangents[position], dtype=np.float64)
+                block = np.asarray(block, dtype=np.float64)
+                if self.structure == "dense":
+                    part = np.tensordot(block, v, axes=v.ndim)
+                elif self.structure == "elementwise":
+                    part = block * v
+                elif self._input_kind(position, v.shape, batch) == "profile":
+                    part = np.einsum("...ml,...l->...m", block, v)
+                else:
+                    part = block * np.asarray(v)[..., None]
+                result[o] = result[o] + np.broadcast_to(part, shape)
+        return result
+
 
 def _tensor_like(value: Any) -> Any:
     if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
@@ -505,6 +658,9 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         external.calls.forward += 1
         outputs = external._call(arrays, "the forward pass")
         external._batch_shape(outputs, inputs)
+        # Handed to setup_context for forward mode: under torch.func.jvp the tensors that
+        # setup_context and jvp see are wrapped (no storage), while these are plain.
+        external._pending = (arrays, outputs)
         tensors = [v for v in inputs if isinstance(v, Tensor)]
         floating = [v for v in tensors if v.is_floating_point()]
         device = tensors[0].device if tensors else torch.device("cpu")
@@ -527,6 +683,31 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         if external.method == "forward" and external.jvp is None and external.vjp is None:
             saved += list(output)
         ctx.save_for_backward(*saved)
+        ctx.forward_arrays, ctx.forward_outputs = external._pending
+        ctx.output_meta = [(o.shape, o.dtype, o.device) for o in output]
+
+    @staticmethod
+    def jvp(ctx: Any, _external_tangent: Any, *tangents: Tensor | None) -> tuple[Tensor, ...]:
+        """Forward mode: :meth:`ExternalFunction.jacobian_vector_product` (2 calls, central)."""
+        external: ExternalFunction = ctx.external
+        arrays = ctx.forward_arrays
+        outputs = ctx.forward_outputs
+        try:
+            directions = [
+                None if t is None or not isinstance(a, np.ndarray) else _to_numpy(t)
+                for a, t in zip(arrays, tangents)
+            ]
+        except RuntimeError as error:  # functorch-wrapped tangents have no storage
+            raise RuntimeError(
+                f"{external.name}: forward mode of an external function works with "
+                "torch.autograd.forward_ad dual tensors, not inside torch.func.jvp/jacfwd "
+                "(NumPy cannot read functorch tensors)."
+            ) from error
+        result = external.jacobian_vector_product(arrays, outputs, directions)
+        return tuple(
+            torch.from_numpy(np.ascontiguousarray(r)).to(device=device, dtype=dtype)
+            for r, (_, dtype, device) in zip(result, ctx.output_meta)
+        )
 
     @staticmethod
     @once_differentiable
