@@ -472,6 +472,35 @@ class _BettsMillerFunction(torch.autograd.Function):
         ctx.save_for_backward(
             anchor, reference_ratio, relaxation_time, tendency, weight, sensitivity, total_weight
         )
+        ctx.save_for_forward(
+            anchor, reference_ratio, relaxation_time, tendency, weight, sensitivity, total_weight
+        )
+
+    @staticmethod
+    def jvp(
+        ctx: Any,
+        tangent_temperature: Tensor | None,
+        tangent_ratio: Tensor | None,
+        tangent_time: Tensor | None,
+        _width: Any,
+    ) -> tuple[Tensor, None, None, None]:
+        """Forward mode: ``dC = s ⊙ dd - w Σ(s ⊙ dd) / Σw - C dτ_c / τ_c`` (``s = q / τ_c``).
+
+        The transpose of the backward's ``∂ℓ/∂d``; ``dd = dT_{L-1} r + T_{L-1} dr - dT``.
+        """
+        (anchor, reference_ratio, relaxation_time, tendency, weight, sensitivity, total_weight) = (
+            ctx.saved_tensors
+        )
+        departure = torch.zeros_like(tendency)
+        if tangent_temperature is not None:
+            departure = tangent_temperature[..., -1:] * reference_ratio - tangent_temperature
+        if tangent_ratio is not None:
+            departure = departure + anchor * tangent_ratio
+        scaled = sensitivity * departure
+        result = scaled - weight * scaled.sum(-1, keepdim=True) / total_weight
+        if tangent_time is not None:
+            result = result - tendency * (tangent_time / relaxation_time)
+        return result, None, None, None
 
     @staticmethod
     @torch.autograd.function.once_differentiable

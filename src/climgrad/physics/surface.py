@@ -104,6 +104,29 @@ class _SensibleHeatFluxFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Tensor | None) -> Tensor:
+        """Forward mode (``torch.autograd.forward_ad``): the product rule.
+
+        ``dH = ρ c_p C_H V (dT_s - dT_a) + (T_s - T_a) d(ρ c_p C_H V)``.
+        """
+        ts, ta, wind, coefficient, density, cp = ctx.saved_tensors
+        d_ts, d_ta, *d_factors = tangents
+        factors = (wind, coefficient, density, cp)
+        product = wind * coefficient * density * cp
+        result = torch.zeros_like(ts - ta) * product
+        if d_ts is not None:
+            result = result + product * d_ts
+        if d_ta is not None:
+            result = result - product * d_ta
+        difference = ts - ta
+        for k, tangent in enumerate(d_factors):
+            if tangent is not None:
+                others = [f for j, f in enumerate(factors) if j != k]
+                result = result + difference * tangent * others[0] * others[1] * others[2]
+        return result
 
     @staticmethod
     def backward(ctx: Any, grad_flux: Tensor) -> tuple[Tensor | None, ...]:
@@ -252,6 +275,34 @@ class _LatentHeatFluxFunction(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.formula = inputs[-1]
         ctx.save_for_backward(*inputs[:-1])
+        ctx.save_for_forward(*inputs[:-1])
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Tensor | None) -> Tensor:
+        """Forward mode (``torch.autograd.forward_ad``): analytic derivatives of q_s.
+
+        ``dE = ρ L C_E V (∂q_s/∂T_s dT_s + ∂q_s/∂p_s dp_s - dq_a) + (q_s - q_a) d(ρ L C_E V)``.
+        """
+        ts, qa, wind, coefficient, density, ps, latent = ctx.saved_tensors
+        d_ts, d_qa, d_wind, d_coefficient, d_density, d_ps, d_latent, _ = tangents
+        saturation, d_temperature, d_pressure = saturation_specific_humidity_derivatives(
+            ts, ps, ctx.formula
+        )
+        deficit = saturation - qa
+        factors = (wind, coefficient, density, latent)
+        product = wind * coefficient * density * latent
+        result = torch.zeros_like(deficit) * product
+        if d_ts is not None:
+            result = result + product * d_temperature * d_ts
+        if d_ps is not None:
+            result = result + product * d_pressure * d_ps
+        if d_qa is not None:
+            result = result - product * d_qa
+        for k, tangent in enumerate((d_wind, d_coefficient, d_density, d_latent)):
+            if tangent is not None:
+                others = [f for j, f in enumerate(factors) if j != k]
+                result = result + deficit * tangent * others[0] * others[1] * others[2]
+        return result
 
     @staticmethod
     def backward(ctx: Any, grad_flux: Tensor) -> tuple[Tensor | None, ...]:
