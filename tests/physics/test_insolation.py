@@ -296,3 +296,53 @@ def test_cuda_matches_cpu() -> None:
         daily.detach().cpu(), daily_mean_insolation(latitude[:, None], days[None, :], S0)
     )
     torch.testing.assert_close(annual.detach().cpu(), annual_mean_insolation(latitude, S0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Insolation-weighted daily-mean cosine of the zenith angle
+
+
+def _hourly_cosine(latitude: float, declination: float) -> tuple[float, float]:
+    """∫μ dh and ∫μ² dh over daylight by a fine midpoint rule (independent of the closed form)."""
+    phi, delta = np.deg2rad(latitude), declination
+    hours = (np.arange(200_000) + 0.5) / 200_000 * 2 * np.pi - np.pi
+    mu = np.sin(phi) * np.sin(delta) + np.cos(phi) * np.cos(delta) * np.cos(hours)
+    mu = np.clip(mu, 0.0, None)
+    step = 2 * np.pi / hours.size
+    return float(mu.sum() * step), float((mu**2).sum() * step)
+
+
+@pytest.mark.parametrize("latitude", [-12.4, 0.0, 45.0, 70.0, 85.0])
+def test_daily_mean_cosine_zenith_matches_quadrature(latitude: float) -> None:
+    from climgrad.physics.insolation import (
+        daily_mean_cosine_zenith,
+        present_day_obliquity,
+        solar_longitude,
+    )
+
+    day = torch.tensor(22.0, dtype=torch.float64)
+    lat = torch.tensor(latitude, dtype=torch.float64)
+    longitude = solar_longitude(day)
+    declination = float(
+        torch.asin(np.sin(np.deg2rad(present_day_obliquity)) * torch.sin(longitude))
+    )
+    first, second = _hourly_cosine(latitude, declination)
+    expected = second / first if first > 0 else 0.0
+    assert float(daily_mean_cosine_zenith(lat, day)) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_daily_mean_cosine_zenith_landmarks() -> None:
+    from climgrad.physics.insolation import daily_mean_cosine_zenith
+
+    # equator at equinox: ∫cos² / ∫cos over (-π/2, π/2) = (π/2) / 2 = π/4
+    equator = daily_mean_cosine_zenith(
+        torch.tensor(0.0, dtype=torch.float64),
+        torch.tensor(0.0, dtype=torch.float64),
+        obliquity=0.0,
+    )
+    assert float(equator) == pytest.approx(np.pi / 4, rel=1e-12)
+    # polar night (north pole in January) gives 0, not NaN
+    night = daily_mean_cosine_zenith(
+        torch.tensor(90.0, dtype=torch.float64), torch.tensor(15.0, dtype=torch.float64)
+    )
+    assert float(night) == 0.0

@@ -408,9 +408,56 @@ def daily_mean_insolation(
     )
 
 
+def daily_mean_cosine_zenith(
+    latitude: Tensor,
+    day_of_year: Tensor,
+    eccentricity: float | Tensor = present_day_eccentricity,
+    obliquity: float | Tensor = present_day_obliquity,
+    longitude_of_perihelion: float | Tensor = present_day_longitude_of_perihelion,
+    year_length: float = days_per_year,
+    equinox_day: float = march_equinox_day,
+) -> Tensor:
+    """Insolation-weighted daily-mean cosine of the solar zenith angle, ``μ̄ = ∫μ² dh / ∫μ dh``.
+
+    With ``μ = sin φ sin δ + cos φ cos δ cos h`` over the daylight hour angles ``|h| < h₀``
+    (``a = sin φ sin δ``, ``b = cos φ cos δ``): ``∫μ dh = 2(a h₀ + b sin h₀)`` and
+    ``∫μ² dh = 2(a² h₀ + 2ab sin h₀ + b² (h₀/2 + sin 2h₀ / 4))``. A radiation scheme called once a
+    day at ``μ̄`` with its incoming flux scaled to the daily-mean insolation
+    (:func:`daily_mean_insolation`, i.e. a daylight fraction ``Q_day / (S₀ μ̄ (a/r)²)``) absorbs
+    about what the diurnal cycle would; the insolation weighting keeps the path length of the
+    energy-carrying hours (Cronin 2014, J. Atmos. Sci. 71, 2994; Hartmann 1994, ch. 2).
+
+    Args:
+        latitude, day_of_year, eccentricity, obliquity, longitude_of_perihelion, year_length,
+            equinox_day: As in :func:`daily_mean_insolation`.
+
+    Returns:
+        ``μ̄`` (dimensionless, in (0, 1]; 0 in polar night), the broadcast shape of the inputs.
+    """
+    _check_latitude(latitude)
+    _check_eccentricity(eccentricity)
+    dtype = _float_dtype(latitude, day_of_year)
+    phi = torch.deg2rad(latitude.to(dtype))
+    day = day_of_year.to(dtype=dtype, device=phi.device)
+    perihelion = torch.deg2rad(_as_tensor(longitude_of_perihelion, day))
+    longitude, _ = orbital_position_kernel(
+        day, eccentricity, perihelion, float(year_length), float(equinox_day)
+    )
+    obliquity_radians = torch.deg2rad(_as_tensor(obliquity, day))
+    declination = torch.asin(torch.sin(obliquity_radians) * torch.sin(longitude))
+    h0 = sunset_hour_angle_kernel(phi, declination)
+    a = torch.sin(phi) * torch.sin(declination)
+    b = torch.cos(phi) * torch.cos(declination)
+    first = a * h0 + b * torch.sin(h0)
+    second = a * a * h0 + 2.0 * a * b * torch.sin(h0) + b * b * (h0 / 2 + torch.sin(2 * h0) / 4)
+    positive = first > 0
+    return torch.where(positive, second / torch.where(positive, first, 1.0), 0.0)
+
+
 __all__ = [
     "annual_mean_insolation",
     "annual_mean_insolation_p2",
+    "daily_mean_cosine_zenith",
     "daily_mean_insolation",
     "days_per_year",
     "legendre_p2",

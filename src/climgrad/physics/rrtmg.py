@@ -650,7 +650,10 @@ class RRTMGShortwave(_RRTMGProcess):
     ``(...)``; ``shortwave_heating_rate`` ``(..., level)`` K s-1.
 
     State: as :class:`RRTMGLongwave` plus ``cosine_solar_zenith_angle`` ``(column,)`` (or ``()``),
-    dimensionless.
+    dimensionless, and optionally ``insolation`` ``(column,)`` (W m-2): when present, the fluxes
+    are scaled so that the incoming flux at the top is the insolation (for daily means: pass the
+    daily-mean insolation and the insolation-weighted mean cosine of
+    :func:`~climgrad.physics.insolation.daily_mean_cosine_zenith`).
 
     Learnable parameters: ``surface_albedo`` (dimensionless, direct and diffuse, all bands) and the
     mole fractions of CO2 and CH4 (mol mol-1); N2O (no shortwave absorption in RRTMG_SW) and O2 are
@@ -697,6 +700,27 @@ class RRTMGShortwave(_RRTMGProcess):
         #: Broadband surface albedo for direct and diffuse shortwave (dimensionless, 0 to 1).
         self.surface_albedo = nn.Parameter(torch.tensor(float(surface_albedo)))
 
+    def _scale_to_insolation(
+        self, insolation: Tensor, cosine: Tensor, upward: Tensor, downward: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Scale the fluxes so that the incoming flux at the top is ``insolation``.
+
+        RRTMG's fluxes are proportional to the incoming flux ``S₀ μ₀``, so multiplying them by
+        ``Q / (S₀ μ₀)`` gives those of a top-of-atmosphere flux ``Q`` with the path length of
+        ``μ₀``: a daily mean with ``Q`` the daily-mean insolation and ``μ₀`` the
+        insolation-weighted mean cosine (:func:`~climgrad.physics.insolation.
+        daily_mean_cosine_zenith`). Columns with ``μ₀ <= 0`` get zero.
+        """
+        insolation = torch.as_tensor(insolation).to(upward)
+        if bool((insolation < 0).any()) or not bool(torch.isfinite(insolation).all()):
+            raise ValueError("`insolation` must be finite and >= 0 (W m-2).")
+        solar = float(self.operator.fn.solar_constant)  # type: ignore[attr-defined]
+        mu = torch.as_tensor(cosine).to(upward)
+        lit = mu > 0
+        factor = torch.where(lit, insolation / (solar * torch.where(lit, mu, 1.0)), 0.0)
+        factor = factor.unsqueeze(-1)
+        return upward * factor, downward * factor
+
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
         temperature, humidity, surface_temperature, cosine = self.require(state)
         dtype = temperature.dtype
@@ -712,6 +736,10 @@ class RRTMGShortwave(_RRTMGProcess):
             self.mole_fractions(),
             operator=self.operator,
         )
+        if "insolation" in state:
+            upward, downward = self._scale_to_insolation(
+                state["insolation"], cosine, upward, downward
+            )
         net_up = upward - downward
         heating, tendencies = self._heating(net_up, pressure)
         diagnostics = {
