@@ -815,3 +815,53 @@ __all__ = [
     "vapour_pressure_from_specific_humidity",
     "virtual_temperature",
 ]
+
+
+class FixedRelativeHumidity(nn.Module):
+    """Manabe & Wetherald's (1967) fixed relative humidity profile, for radiation that sees vapour.
+
+    ``RH(p) = RH_s max((p/p_s - 0.02) / 0.98, 0)`` and ``q = max(RH(p) q_s(T, p), q_min)``, with
+    ``q_s`` from Bolton's (1980) saturation vapour pressure and ``q_min = 3e-6`` kg kg-1 (their
+    stratospheric mixing ratio). The vapour follows the temperature (water-vapour feedback at fixed
+    relative humidity); ``RH_s`` (``surface_relative_humidity``, dimensionless, 0.77 in MW67) is a
+    learnable parameter. Plain torch: autograd and forward mode (``torch.autograd.forward_ad``)
+    differentiate it; the floor has zero derivative where it holds.
+
+    Regime: a tropical or global-mean clear-sky column in which large-scale circulation and
+    convection keep the relative humidity profile fixed (Manabe & Wetherald 1967, J. Atmos. Sci.
+    24, 241); not a prediction of humidity.
+
+    Args:
+        surface_relative_humidity: ``RH_s``, in (0, 1].
+        minimum_specific_humidity: ``q_min`` in kg kg-1 (>= 0).
+    """
+
+    def __init__(
+        self, surface_relative_humidity: float = 0.77, minimum_specific_humidity: float = 3e-6
+    ) -> None:
+        super().__init__()
+        if not 0.0 < surface_relative_humidity <= 1.0:
+            raise ValueError(
+                f"`surface_relative_humidity` must lie in (0, 1]; got {surface_relative_humidity}."
+            )
+        if minimum_specific_humidity < 0:
+            raise ValueError("`minimum_specific_humidity` must be >= 0 (kg kg-1).")
+        self.surface_relative_humidity = nn.Parameter(
+            torch.tensor(float(surface_relative_humidity), dtype=torch.float64)
+        )
+        self.minimum_specific_humidity = float(minimum_specific_humidity)
+
+    def forward(
+        self, temperature: Tensor, pressure: Tensor, surface_pressure: Tensor | float
+    ) -> Tensor:
+        """Specific humidity (kg kg-1) of ``temperature`` (K) at ``pressure`` (Pa), same shape.
+
+        Args:
+            temperature: ``(..., level)`` in K.
+            pressure: Layer pressure ``(level,)`` or ``(..., level)`` in Pa.
+            surface_pressure: ``p_s`` in Pa (scalar or ``(..., 1)``).
+        """
+        shape = torch.clamp((pressure / surface_pressure - 0.02) / 0.98, min=0.0)
+        humidity = self.surface_relative_humidity.to(temperature.dtype) * shape
+        saturation = saturation_specific_humidity_kernel(temperature, pressure.to(temperature))
+        return torch.clamp(humidity * saturation, min=self.minimum_specific_humidity)
