@@ -9,6 +9,13 @@ the surface pressure p_s, and a surface slab of heat capacity C_s. The tendencie
   layer with coefficient C_H (:class:`~climgrad.physics.surface.SurfaceFluxes`);
 * Betts–Miller-style convective relaxation towards a profile of constant lapse rate Γ_c over a
   time τ_c (:class:`~climgrad.physics.convection.BettsMillerConvection`);
+* with ``radiation="rrtmg"``, RRTMG longwave and shortwave (:mod:`climgrad.physics.rrtmg`, the
+  optional extra ``climgrad[rrtmg]``) in place of the gray scheme: ozone and well-mixed gases from
+  a background atmosphere (``background=``, e.g. AFGL tropical via
+  :func:`climgrad.data.afgl.read_afgl`), water vapour either the background profile times a
+  learnable ``humidity_scale`` (``humidity="background"``) or Manabe & Wetherald's fixed
+  relative humidity with a learnable ``surface_relative_humidity`` (``humidity="relative"``), the
+  shortwave scaled to the daily-mean insolation along the insolation-weighted zenith angle;
 * optionally, implicit vertical diffusion of temperature
   (:class:`~climgrad.physics.diffusion.VerticalDiffusion`) and, with moisture, large-scale
   condensation (:class:`~climgrad.physics.thermo.LargeScaleCondensation`).
@@ -32,6 +39,16 @@ name                       units      meaning                                   
 ``heat_exchange``          1          C_H, bulk transfer coefficient               (0, ∞), log
 =========================  =========  ===========================================  ==============
 
+With ``radiation="rrtmg"`` the table loses ``surface_optical_depth`` and ``pressure_exponent``,
+``surface_albedo`` becomes RRTMG's broadband surface albedo (with no clouds it stands for the
+reflection by clouds as well), and the humidity parameter is added: ``humidity_scale`` (1,
+(0, ∞), log) or ``surface_relative_humidity`` (1, (0, 1)). Regime: clear-sky correlated-k
+radiation, no latent heat (the surface loses energy by radiation and sensible heat only, so the
+surface is warmer than an ocean's for the same absorbed sunlight), no export of energy by a
+circulation. Near the runaway-greenhouse limit (fixed relative humidity, absorbed sunlight above
+about 280 W m-2) the equilibrium becomes ill-conditioned or ceases to exist; the background
+humidity mode has no water-vapour feedback and stays well-conditioned.
+
 Options add, with their own parameters (declared the same way):
 
 * ``diffusivity=K`` (Pa2 s-1, per level or scalar; K_p = (ρ g)² K_z converts from m2 s-1, see
@@ -45,8 +62,12 @@ Options add, with their own parameters (declared the same way):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from climgrad.constants import gravity, heat_capacity_dry_air
 from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
@@ -57,12 +78,25 @@ from climgrad.physics.diffusion import VerticalDiffusion, VerticalGrid
 from climgrad.physics.radiation import GrayRadiation
 from climgrad.physics.surface import SurfaceFluxes
 from climgrad.physics.thermo import (
+    FixedRelativeHumidity,
     LargeScaleCondensation,
     specific_humidity_from_relative_humidity,
 )
 from climgrad.typing import Diagnostics, State, Tendencies
 
-__all__ = ["SingleColumnModel"]
+if TYPE_CHECKING:
+    from climgrad.data.afgl import ReferenceAtmosphere
+
+__all__ = ["HUMIDITY_MODES", "RADIATION_SCHEMES", "SingleColumnModel"]
+
+#: ``radiation=`` choices: the gray two-stream scheme or RRTMG (needs ``climgrad[rrtmg]``).
+RADIATION_SCHEMES: tuple[str, ...] = ("gray", "rrtmg")
+#: ``humidity=`` choices of the RRTMG configuration: the background profile times a learnable
+#: factor, or Manabe & Wetherald's fixed relative humidity (vapour follows temperature).
+HUMIDITY_MODES: dict[str, str] = {
+    "background": "humidity_scale",
+    "relative": "surface_relative_humidity",
+}
 
 _LOG: TransformName = "exp"
 DRY_ADIABATIC_LAPSE_RATE = float(gravity) / float(heat_capacity_dry_air)  # K m-1
@@ -130,6 +164,26 @@ SPECS: dict[str, ParamSpec] = {
         transform=_LOG,
     ),
 }
+#: Parameters of the RRTMG configuration (``radiation="rrtmg"``) besides the convective and
+#: surface ones; the gray optical depth and its exponent do not exist there.
+RRTMG_SPECS: dict[str, ParamSpec] = {
+    "humidity_scale": ParamSpec(
+        "humidity_scale",
+        "1",
+        1.0,
+        (0.0, None),
+        "factor on the background specific humidity profile seen by RRTMG",
+        transform=_LOG,
+    ),
+    "surface_relative_humidity": ParamSpec(
+        "surface_relative_humidity",
+        "1",
+        0.77,
+        (0.0, 1.0),
+        "surface relative humidity of the fixed-RH profile (Manabe & Wetherald 1967)",
+    ),
+}
+_GRAY_ONLY = ("surface_optical_depth", "pressure_exponent")
 _LOCATION = {
     "surface_optical_depth": ("radiation", "surface_optical_depth"),
     "pressure_exponent": ("radiation", "pressure_exponent"),
@@ -138,6 +192,31 @@ _LOCATION = {
     "relaxation_time": ("convection", "relaxation_time"),
     "heat_exchange": ("surface", "heat_exchange_coefficient"),
 }
+
+
+class ScaledHumidity(nn.Module):
+    """``q = s q_b(p)``: a background specific humidity profile times a learnable factor.
+
+    Args:
+        profile: ``q_b`` on the model layers ``(level,)`` in kg kg-1 (e.g. an AFGL atmosphere).
+        humidity_scale: Initial ``s`` (dimensionless, > 0).
+    """
+
+    profile: Tensor
+
+    def __init__(self, profile: Tensor, humidity_scale: float = 1.0) -> None:
+        super().__init__()
+        if not humidity_scale > 0:
+            raise ValueError(f"`humidity_scale` must be positive; got {humidity_scale}.")
+        self.register_buffer("profile", torch.as_tensor(profile))
+        self.humidity_scale = nn.Parameter(torch.tensor(float(humidity_scale)))
+
+    def forward(
+        self, temperature: Tensor, pressure: Tensor, surface_pressure: Tensor | float
+    ) -> Tensor:
+        """``s q_b`` broadcast to ``temperature``'s shape (kg kg-1); T and p are not used."""
+        del pressure, surface_pressure
+        return (self.humidity_scale * self.profile).to(temperature).expand_as(temperature)
 
 
 class SingleColumnModel(Model):
@@ -184,25 +263,74 @@ class SingleColumnModel(Model):
         moisture: bool = False,
         moisture_exchange: float = 1.5e-3,
         critical_relative_humidity: float = 0.9,
+        radiation: str = "gray",
+        background: ReferenceAtmosphere | str | Path | None = None,
+        mole_fractions: Mapping[str, float] | None = None,
+        humidity: str = "background",
+        humidity_scale: float = 1.0,
+        surface_relative_humidity: float = 0.77,
         learn: tuple[str, ...] | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> None:
         if levels < 2:
             raise ValueError(f"SingleColumnModel needs at least 2 levels, got {levels}.")
+        if radiation not in RADIATION_SCHEMES:
+            raise ValueError(
+                f"radiation={radiation!r} is not a scheme; choose one of {list(RADIATION_SCHEMES)}."
+            )
+        rrtmg = radiation == "rrtmg"
+        names = [n for n in SPECS if not (rrtmg and n in _GRAY_ONLY)]
+        if humidity not in HUMIDITY_MODES:
+            raise ValueError(
+                f"humidity={humidity!r} is not a mode; choose one of {list(HUMIDITY_MODES)}."
+            )
+        names += [HUMIDITY_MODES[humidity]] if rrtmg else []
         if learn is None:
-            learn = tuple(SPECS)
+            learn = tuple(names)
             learn += ("vertical_diffusivity",) if diffusivity is not None else ()
             learn += ("moisture_exchange", "critical_relative_humidity") if moisture else ()
-        unknown = sorted(set(learn) - set(SPECS) - set(OPTIONAL_SPECS))
+        unknown = sorted(set(learn) - set(names) - set(OPTIONAL_SPECS))
         if unknown:
-            raise ValueError(f"Unknown parameter(s) {unknown} in learn=; valid: {list(SPECS)}.")
+            raise ValueError(
+                f"Unknown parameter(s) {unknown} in learn= for radiation={radiation!r}; "
+                f"valid: {names + list(OPTIONAL_SPECS)}."
+            )
+        if rrtmg and moisture:
+            raise ValueError(
+                "radiation='rrtmg' takes its vapour from a fixed relative humidity profile; "
+                "moisture=True (prognostic humidity) works with radiation='gray' only."
+            )
+        if isinstance(background, (str, Path)):
+            from climgrad.data.afgl import read_afgl
+
+            background = read_afgl(background)
+        if rrtmg and background is None:
+            raise ValueError(
+                "radiation='rrtmg' needs a background atmosphere for ozone: pass "
+                "background=climgrad.data.afgl.read_afgl('data/single_column/"
+                "afgl_standard_atmospheres/tropical.dat')."
+            )
         interfaces = surface_pressure * torch.arange(levels + 1, dtype=dtype) / levels
         layers = surface_pressure * (torch.arange(levels, dtype=dtype) + 0.5) / levels
         thickness = surface_pressure / levels
+        if rrtmg:
+            assert background is not None
+            radiative = self._rrtmg_processes(
+                interfaces,
+                layers,
+                background,
+                mole_fractions,
+                surface_heat_capacity,
+                surface_albedo,
+            )
+        else:
+            radiative = {
+                "radiation": GrayRadiation(interfaces, surface_heat_capacity=surface_heat_capacity)
+            }
         super().__init__(
             {
-                "radiation": GrayRadiation(interfaces, surface_heat_capacity=surface_heat_capacity),
+                **radiative,
                 "surface": SurfaceFluxes(
                     heat_exchange_coefficient=heat_exchange,
                     # B2's bulk formula has no gust floor; a vanishing one keeps it exact.
@@ -216,6 +344,7 @@ class SingleColumnModel(Model):
             }
         )
         self.moisture = moisture
+        self.radiation = radiation
         if moisture and diffusivity is None:
             raise ValueError(
                 "moisture=True needs vertical transport of vapour: pass a diffusivity (Pa2 s-1), "
@@ -255,6 +384,10 @@ class SingleColumnModel(Model):
             "heat_exchange": heat_exchange,
         }
         for name, (process, attribute) in _LOCATION.items():
+            if rrtmg and name in _GRAY_ONLY:
+                continue
+            if rrtmg and process == "radiation":
+                process = "shortwave"
             constrain(
                 self.processes[process],
                 attribute,
@@ -262,6 +395,19 @@ class SingleColumnModel(Model):
                 value=values[name],
                 learn=name in learn,
             )
+        self.humidity_mode = humidity
+        if rrtmg:
+            assert background is not None
+            name = HUMIDITY_MODES[humidity]
+            if humidity == "relative":
+                self.humidity: nn.Module = FixedRelativeHumidity(surface_relative_humidity)
+                value = surface_relative_humidity
+            else:
+                profile = background.on_pressure(layers)["specific_humidity"]
+                self.humidity = ScaledHumidity(profile, humidity_scale)
+                value = humidity_scale
+            self.humidity.to(dtype)
+            constrain(self.humidity, name, RRTMG_SPECS[name], value=value, learn=name in learn)
         if diffusivity is not None:
             constrain(
                 self.processes["diffusion"],
@@ -290,6 +436,36 @@ class SingleColumnModel(Model):
         if device is not None:
             self.to(device)
 
+    @staticmethod
+    def _rrtmg_processes(
+        interfaces: Tensor,
+        layers: Tensor,
+        background: ReferenceAtmosphere,
+        mole_fractions: Mapping[str, float] | None,
+        surface_heat_capacity: float,
+        surface_albedo: float,
+    ) -> dict[str, torch.nn.Module]:
+        """RRTMG longwave and shortwave with the background's ozone and well-mixed gases."""
+        from climgrad.physics.rrtmg import RRTMGLongwave, RRTMGShortwave
+
+        ozone = background.on_pressure(layers)["ozone_mass_mixing_ratio"]
+        gases = {**background.mole_fractions, **dict(mole_fractions or {})}
+        longwave = RRTMGLongwave(
+            interfaces, ozone, gases, surface_heat_capacity=surface_heat_capacity
+        )
+        shortwave = RRTMGShortwave(
+            interfaces,
+            ozone,
+            gases,
+            surface_heat_capacity=surface_heat_capacity,
+            surface_albedo=surface_albedo,
+        )
+        # Gas amounts are fixed here (the background), not calibration targets.
+        for process in (longwave, shortwave):
+            for name in process.learnable_gases:
+                getattr(process, f"{name}_mole_fraction").requires_grad_(False)
+        return {"longwave": longwave, "shortwave": shortwave}
+
     @property
     def levels(self) -> int:
         """Number of layers."""
@@ -301,15 +477,19 @@ class SingleColumnModel(Model):
         insolation: Tensor,
         air_temperature: Tensor | None = None,
         relative_humidity: float = 0.7,
+        cosine_solar_zenith_angle: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """A state for columns ``(column,)``; by default B2's initial profile.
 
         Args:
             surface_temperature: T_s per column in K.
-            insolation: Top-of-atmosphere insolation per column in W m-2 (absorbed at the surface
-                after reflection by α).
+            insolation: Top-of-atmosphere insolation per column in W m-2 (gray: absorbed at the
+                surface after reflection by α; RRTMG: the incoming flux at the top).
             air_temperature: ``(column, level)`` K; default ``200 + (T_s − 200) p/p_s`` (B2.5).
             relative_humidity: Initial relative humidity of every layer (with ``moisture``).
+            cosine_solar_zenith_angle: ``(column,)``, the solar path of the RRTMG shortwave
+                (required with ``radiation="rrtmg"``; for daily means the insolation-weighted
+                :func:`~climgrad.physics.insolation.daily_mean_cosine_zenith`).
         """
         if air_temperature is None:
             fraction = self.layer_pressure / self.surface_pressure
@@ -323,6 +503,15 @@ class SingleColumnModel(Model):
             "air_density": torch.full_like(like, self.air_density),
             "surface_pressure": torch.full_like(like, self.surface_pressure),
         }
+        if self.radiation == "rrtmg":
+            if cosine_solar_zenith_angle is None:
+                raise ValueError(
+                    "radiation='rrtmg' needs cosine_solar_zenith_angle= in initial_state (per "
+                    "column; e.g. climgrad.physics.insolation.daily_mean_cosine_zenith)."
+                )
+            state["cosine_solar_zenith_angle"] = (
+                torch.as_tensor(cosine_solar_zenith_angle).to(like).expand_as(like)
+            )
         if self.moisture:
             pressure = self.layer_pressure.expand_as(air_temperature)
             state["air_pressure"] = pressure
@@ -332,7 +521,17 @@ class SingleColumnModel(Model):
         return state
 
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
-        """Summed tendencies (K s-1) of ``air_temperature`` and ``surface_temperature``."""
+        """Summed tendencies (K s-1) of ``air_temperature`` and ``surface_temperature``.
+
+        With ``radiation="rrtmg"`` the specific humidity seen by the radiation is diagnosed first
+        from the fixed relative humidity profile (and returned as a diagnostic).
+        """
+        if self.radiation == "rrtmg":
+            humidity = self.humidity(
+                state["air_temperature"], self.layer_pressure, self.surface_pressure
+            )
+            tendencies, diagnostics = super().forward({**state, "specific_humidity": humidity})
+            return tendencies, {**diagnostics, "specific_humidity": humidity}
         return super().forward(state)
 
     def step(self, state: State, time_step: float | None = None) -> dict[str, Tensor]:
@@ -375,7 +574,7 @@ class SingleColumnModel(Model):
         state: State,
         *,
         spin_up_steps: int = 200,
-        tol: float = 1e-9,
+        tol: float | None = None,
         max_iter: int = 30,
         info: EquilibriumInfo | None = None,
     ) -> dict[str, Tensor]:
@@ -384,7 +583,11 @@ class SingleColumnModel(Model):
         The columns are first spun up by ``spin_up_steps`` time steps without gradient (the
         stable explicit scheme finds the basin), then Newton's method solves
         ``dT/dt = 0, dT_s/dt = 0`` to ``tol`` K day-1; gradients come from one adjoint solve at
-        the solution.
+        the solution. Default ``tol``: 1e-9 with gray radiation, 1e-3 with RRTMG (about 2e-4 K in
+        temperature), whose fluxes are piecewise smooth (linear interpolation in its absorption
+        tables) with a staircase of 1e-5 to 1e-4 W m-2, so that Newton with its
+        finite-difference Jacobian (forward mode: one batched product, 2 calls per band) stalls
+        at a few 1e-4 K day-1 in some states.
 
         Returns:
             The equilibrium state (same keys as ``state``).
@@ -400,5 +603,7 @@ class SingleColumnModel(Model):
             result: Tensor = bound(x, forcing, *params)
             return result
 
+        if tol is None:
+            tol = 1e-3 if self.radiation == "rrtmg" else 1e-9
         solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
         return {**forcing, **self._unpack(solution)}

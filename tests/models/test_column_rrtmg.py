@@ -1,0 +1,211 @@
+"""SingleColumnModel with RRTMG radiation: construction, daily-mean shortwave, equilibrium and its
+implicit gradients (Newton Jacobian by forward mode through the finite-difference bridge)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "climt",
+    reason="RRTMG needs the optional extra climgrad[rrtmg] (climt, wheels for CPython 3.11 on "
+    "x86-64 Linux): pip install 'climgrad[rrtmg]'",
+)
+
+from climgrad.integrate import _jacobian
+from climgrad.models.base import functional
+from climgrad.models.column import SingleColumnModel
+from climgrad.params import physical_parameters
+from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_insolation
+
+F64 = torch.float64
+AFGL = Path(__file__).resolve().parents[2] / "data/single_column/afgl_standard_atmospheres"
+TROPICAL = AFGL / "tropical.dat"
+LEVELS = 20
+LEARN = ("surface_albedo", "humidity_scale", "critical_lapse_rate")
+
+
+def build(**options: object) -> SingleColumnModel:
+    settings: dict[str, object] = {
+        "radiation": "rrtmg",
+        "background": TROPICAL,
+        "surface_albedo": 0.4,
+        "mole_fractions": {"carbon_dioxide": 381.9e-6},
+        "learn": LEARN,
+    }
+    settings.update(options)
+    return SingleColumnModel(LEVELS, **settings)  # type: ignore[arg-type]
+
+
+def darwin_state(model: SingleColumnModel) -> dict[str, torch.Tensor]:
+    latitude = torch.tensor([-12.4], dtype=F64)
+    day = torch.tensor([22.0], dtype=F64)
+    return model.initial_state(
+        torch.tensor([300.0], dtype=F64),
+        daily_mean_insolation(latitude, day),
+        cosine_solar_zenith_angle=daily_mean_cosine_zenith(latitude, day),
+    )
+
+
+@pytest.fixture(scope="module")
+def solved() -> tuple[SingleColumnModel, dict[str, torch.Tensor]]:
+    model = build()
+    state = darwin_state(model)
+    with torch.no_grad():
+        equilibrium = model.equilibrium(state, spin_up_steps=300)
+    return model, {**state, **{k: equilibrium[k].detach() for k in equilibrium}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"radiation": "grey"}, "not a scheme"),
+        ({"background": None}, "background"),
+        ({"humidity": "prognostic"}, "not a mode"),
+        ({"moisture": True, "diffusivity": 1.0}, "fixed relative humidity"),
+        ({"learn": ("surface_optical_depth",)}, "Unknown parameter"),
+    ],
+)
+def test_bad_configurations_are_one_line_errors(options: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match) as error:
+        build(**options)
+    assert "\n" not in str(error.value)
+
+
+def test_parameters_of_the_rrtmg_configuration() -> None:
+    model = build(learn=None)
+    names = set(physical_parameters(model))
+    assert {"surface_albedo", "humidity_scale", "critical_lapse_rate"} <= names
+    assert "surface_optical_depth" not in names and "pressure_exponent" not in names
+    learnable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not [n for n in learnable if "mole_fraction" in n]  # gases are background, fixed
+    relative = build(humidity="relative", learn=None)
+    assert "surface_relative_humidity" in physical_parameters(relative)
+
+
+def test_shortwave_is_scaled_to_the_daily_mean_insolation() -> None:
+    model = build()
+    state = darwin_state(model)
+    _, diagnostics = model(state)
+    torch.testing.assert_close(
+        diagnostics["incoming_shortwave"], state["insolation"], rtol=1e-5, atol=0.0
+    )
+    reflected = diagnostics["reflected_shortwave"] / diagnostics["incoming_shortwave"]
+    assert 0.3 < float(reflected) < 0.45  # surface albedo 0.4 seen through a clear atmosphere
+
+
+def test_relative_humidity_mode_moves_vapour_with_temperature() -> None:
+    model = build(humidity="relative", learn=("surface_relative_humidity",))
+    state = darwin_state(model)
+    _, cold = model(state)
+    _, warm = model({**state, "air_temperature": state["air_temperature"] + 2.0})
+    lower = slice(LEVELS // 2, None)
+    assert bool(
+        (warm["specific_humidity"][..., lower] > cold["specific_humidity"][..., lower]).all()
+    )
+    tendencies, _ = model(state)
+    tendencies["air_temperature"].sum().backward()
+    gradient = model.humidity.parametrizations.surface_relative_humidity.original.grad
+    assert gradient is not None and bool(torch.isfinite(gradient)) and float(gradient) != 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Equilibrium and implicit gradients
+
+
+def test_equilibrium_is_a_radiative_convective_profile(solved) -> None:
+    model, state = solved
+    tendencies, diagnostics = model(state)
+    assert float(tendencies["air_temperature"].abs().max()) * 86400 < 1e-3
+    assert float(tendencies["surface_temperature"].abs().max()) * 86400 < 1e-3
+    temperature = state["air_temperature"][0]
+    assert 290.0 < float(state["surface_temperature"][0]) < 340.0
+    # troposphere cools upward from the surface to the tropopause region
+    assert bool((temperature[LEVELS // 4 + 1 :].diff() > 0).all())
+    # top-of-atmosphere energy balance: absorbed sunlight = OLR at equilibrium
+    absorbed = diagnostics["incoming_shortwave"] - diagnostics["reflected_shortwave"]
+    torch.testing.assert_close(
+        absorbed, diagnostics["outgoing_longwave_radiation"], rtol=0.0, atol=1e-2
+    )
+
+
+def test_forward_mode_jacobian_matches_reverse_mode_rows(solved) -> None:
+    model, state = solved
+    prognostic = ("air_temperature", "surface_temperature")
+    forcing = {k: v for k, v in state.items() if k not in prognostic}
+    packed = model._pack(state).detach()
+    bound, tensors = functional(model, "_residual")
+
+    def residual(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return bound(x, forcing, *params)
+
+    longwave = model.processes["longwave"].operator
+    before = longwave.calls.tangent
+    jacobian = _jacobian(residual, packed, tensors)
+    assert longwave.calls.tangent - before == 2  # one batched product for all unknowns
+    point = packed.clone().requires_grad_()
+    values = residual(point, *[t.detach() for t in tensors])
+    for row in (0, LEVELS // 2, LEVELS - 1, LEVELS):
+        (grad,) = torch.autograd.grad(values[0, row], point, retain_graph=True)
+        torch.testing.assert_close(grad[0], jacobian[0, row], rtol=1e-6, atol=1e-6)
+
+
+def _loss(model: SingleColumnModel, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    equilibrium = model.equilibrium(state, spin_up_steps=0)
+    weights = torch.linspace(0.5, 1.5, LEVELS, dtype=F64)
+    return (weights * equilibrium["air_temperature"][0]).mean() + equilibrium[
+        "surface_temperature"
+    ][0]
+
+
+def test_implicit_gradient_matches_finite_differences_and_every_parameter_is_live(solved) -> None:
+    model, state = solved
+    model.zero_grad()
+    _loss(model, state).backward()
+    raw = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert len(raw) == len(LEARN)
+    for name, parameter in raw.items():
+        gradient = float(parameter.grad)
+        assert torch.isfinite(parameter.grad) and gradient != 0.0, name
+        step = 2e-2  # raw (unconstrained) units; RRTMG's staircase needs steps well above 1e-5
+        with torch.no_grad():
+            parameter += step
+            plus = float(_loss(model, state))
+            parameter -= 2 * step
+            minus = float(_loss(model, state))
+            parameter += step
+        assert gradient == pytest.approx((plus - minus) / (2 * step), rel=3e-2), name
+
+
+def test_taylor_remainder_of_the_equilibrium_converges_at_rate_two(solved) -> None:
+    """r(h) = |L(θ + h d) - L(θ) - h <∇L, d>| halves twice per halving of h (rate 2)."""
+    model, state = solved
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    direction = [torch.full_like(p, s) for p, s in zip(parameters, (1.0, -0.7, 0.5))]
+    base = [p.detach().clone() for p in parameters]
+
+    def loss_at(h: float) -> torch.Tensor:
+        with torch.no_grad():
+            for p, b, d in zip(parameters, base, direction):
+                p.copy_(b + h * d)
+        return _loss(model, state)
+
+    try:
+        model.zero_grad()
+        value = loss_at(0.0)
+        value.backward()
+        slope = sum(float((p.grad * d).sum()) for p, d in zip(parameters, direction))
+        steps = (0.16, 0.08, 0.04, 0.02)
+        remainders = [abs(float(loss_at(h)) - float(value) - h * slope) for h in steps]
+    finally:
+        loss_at(0.0)
+    rates = [math.log2(a / b) for a, b in itertools.pairwise(remainders)]
+    assert all(1.7 < rate < 2.3 for rate in rates), (remainders, rates)
