@@ -16,7 +16,7 @@ import climgrad
 from climgrad.calibration.checkpoint import load_checkpoint, save_checkpoint
 from climgrad.calibration.loop import run_calibration
 from climgrad.results import Run, RunError, load_run, load_runs
-from tests.calibration.conftest import EXPERIMENTS, compose_config
+from tests.calibration.conftest import RUNNABLE_EXPERIMENTS, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "explore_calibration.ipynb"
@@ -318,7 +318,7 @@ def test_notebook_executes_against_a_fresh_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", RUNNABLE_EXPERIMENTS)
 def test_every_experiment_loads(tmp_path: Path, experiment: str) -> None:
     overrides = [
         f"experiment={experiment}",

@@ -17,6 +17,28 @@ from climgrad.calibration.config import CONFIG_DIR, register_configs
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+#: Experiments whose model needs an optional extra, with the module that provides it.
+NEEDS = {"column_rrtmg_twpice": ("climt", "pip install 'climgrad[rrtmg]'")}
+
+
+def _available(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+#: EXPERIMENTS for tests that run them: skipped, with the install command, where an extra is
+#: missing (composing them needs nothing).
+RUNNABLE_EXPERIMENTS = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            name in NEEDS and not _available(NEEDS[name][0]),
+            reason=f"{name} needs an optional extra: {NEEDS.get(name, ('', ''))[1]}",
+        ),
+    )
+    for name in EXPERIMENTS
+]
 #: Overrides that keep an in-process run short and silent.
 FAST = ["trainer.max_steps=3", "trainer.progress=false", "trainer.checkpoint_every=2"]
 

@@ -275,3 +275,47 @@ def test_twin_column_moves_towards_the_truth(tmp_path: Path) -> None:
     assert metrics["steps"] == 3 and metrics["skipped_steps"] == 0
     # the loss falls: the best parameters are not the starting ones
     assert metrics["best_step"] > 0
+
+
+def test_rrtmg_column_with_a_missing_background_file_is_one_line(tmp_path: Path) -> None:
+    overrides = [
+        "experiment=column_rrtmg_twpice",
+        *FAST,
+        "model.options.background=data/single_column/no_such_atmosphere.dat",
+    ]
+    with pytest.raises(CalibrationError, match="no such file") as error:
+        _run(tmp_path, overrides)
+    assert "\n" not in str(error.value) and "afgl_standard_atmospheres" in str(error.value)
+    assert not (tmp_path / "run" / "params.nc").exists()
+
+
+def test_column_warm_state_is_checkpointed_so_resume_and_load_run_follow_the_run(
+    tmp_path: Path,
+) -> None:
+    """The warm state is a buffer: resume is bit-identical and load_run reproduces the fit."""
+    from climgrad.results import load_run
+
+    common = [
+        "experiment=column_twpice",
+        "trainer.progress=false",
+        "trainer.checkpoint_every=2",
+        "optimizer.schedule.name=constant",
+    ]
+    full = common + ["trainer.max_steps=4"]
+    metrics = run_calibration(
+        compose_config(full), tmp_path / "full", overrides=full, launch_dir=REPO
+    )
+    first = common + ["trainer.max_steps=2"]
+    run_calibration(compose_config(first), tmp_path / "split", overrides=first, launch_dir=REPO)
+    resumed = common + ["trainer.max_steps=4", "trainer.resume=true"]
+    run_calibration(compose_config(resumed), tmp_path / "split", overrides=resumed, launch_dir=REPO)
+    one = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    other = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
+    assert "warm_air_temperature" in one["model"]
+    assert not bool(torch.isnan(one["model"]["warm_surface_temperature"]).any())
+    for key, value in one["model"].items():
+        assert torch.equal(other["model"][key], value), key
+    run = load_run(tmp_path / "full", checkpoint="last")
+    assert run.compare().attrs["rmse_air_temperature"] == pytest.approx(
+        metrics["rmse"]["air_temperature"], rel=1e-9
+    )

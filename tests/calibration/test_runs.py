@@ -17,7 +17,7 @@ from climgrad.calibration.loop import run_calibration
 from climgrad.data import ObservationError
 from climgrad.models.base import Model
 
-from .conftest import EXPERIMENTS, FAST, REPO, compose_config
+from .conftest import FAST, REPO, RUNNABLE_EXPERIMENTS, compose_config
 
 PARAMETERS = ("A", "B", "D", "a0", "a2")
 
@@ -30,7 +30,7 @@ def _run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path,
     return run_dir, metrics
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", RUNNABLE_EXPERIMENTS)
 def test_every_experiment_runs_a_few_steps(tmp_path: Path, experiment: str) -> None:
     overrides = [f"experiment={experiment}", *FAST, "trainer.device=cpu"]
     run_dir, metrics = _run(tmp_path, overrides)

@@ -26,10 +26,10 @@ from torch import Tensor
 from climgrad.calibration.adapters import ModelAdapter, ObservationLayout, register_adapter
 from climgrad.calibration.errors import CalibrationError
 from climgrad.data import ModelGrid
-from climgrad.integrate import EquilibriumError
+from climgrad.integrate import EquilibriumError, _jacobian
 from climgrad.models.base import Model
-from climgrad.models.column import OPTIONAL_SPECS, SPECS, SingleColumnModel
-from climgrad.physics.insolation import daily_mean_insolation
+from climgrad.models.column import OPTIONAL_SPECS, RRTMG_SPECS, SPECS, SingleColumnModel
+from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_insolation
 
 __all__ = [
     "ColumnAdapter",
@@ -93,8 +93,12 @@ class SiteColumnModel(SingleColumnModel):
         insolation: Daily-mean top-of-atmosphere insolation ``(1,)`` in W m-2.
         surface_temperature_guess: First guess of T_s in K for the cold-start spin-up.
         observation_pressure: Ascending pressures (Pa) the profile is reported on.
-        warm_state: The last equilibrium (detached), the next solve's first guess.
+        warm_state: The last equilibrium (detached), the next solve's first guess; held in
+            buffers, so that checkpoints and :func:`climgrad.load_run` keep it.
     """
+
+    warm_air_temperature: Tensor
+    warm_surface_temperature: Tensor
 
     def __init__(
         self,
@@ -108,15 +112,49 @@ class SiteColumnModel(SingleColumnModel):
     ) -> None:
         super().__init__(**options)
         like = self.layer_pressure
-        self.insolation = daily_mean_insolation(
-            torch.tensor([latitude], dtype=like.dtype, device=like.device),
-            torch.tensor([day_of_year], dtype=like.dtype, device=like.device),
-        )
+        site = torch.tensor([latitude], dtype=like.dtype, device=like.device)
+        day = torch.tensor([day_of_year], dtype=like.dtype, device=like.device)
+        self.insolation = daily_mean_insolation(site, day)
+        #: Insolation-weighted daily-mean cos(zenith), the path of the RRTMG shortwave.
+        self.cosine_zenith = daily_mean_cosine_zenith(site, day)
         self.surface_temperature_guess = float(surface_temperature_guess)
         self.top_pressure = float(top_pressure)
         self.bottom_pressure = float(bottom_pressure)
         self.observation_pressure = self.window(TWPICE_PRESSURE_LEVELS)
-        self.warm_state: dict[str, Tensor] | None = None
+        # The warm state lives in buffers (NaN: none yet), so checkpoints carry it: a resumed run
+        # and load_run continue from the equilibrium branch the run was on.
+        shapes = {"air_temperature": (1, self.levels), "surface_temperature": (1,)}
+        if self.moisture:
+            shapes["specific_humidity"] = (1, self.levels)
+        for name, shape in shapes.items():
+            self.register_buffer(f"warm_{name}", torch.full(shape, float("nan"), dtype=like.dtype))
+        self._warm_names = tuple(shapes)
+
+    @property
+    def warm_state(self) -> dict[str, Tensor] | None:
+        """The last equilibrium (detached, one column), or None before the first solve."""
+        if bool(torch.isnan(self.warm_surface_temperature).any()):
+            return None
+        return {name: getattr(self, f"warm_{name}") for name in self._warm_names}
+
+    @warm_state.setter
+    def warm_state(self, state: Mapping[str, Tensor] | None) -> None:
+        for name in self._warm_names:
+            buffer = getattr(self, f"warm_{name}")
+            if state is None:
+                buffer.fill_(float("nan"))
+            else:
+                buffer.copy_(state[name].detach().reshape(buffer.shape))
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Checkpoints written before the warm state was saved have no warm_* entries: start cold.
+        for name in self._warm_names:
+            key = f"{prefix}warm_{name}"
+            if key not in state_dict:
+                state_dict[key] = torch.full_like(getattr(self, f"warm_{name}"), float("nan"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def window(self, levels: list[float] | tuple[float, ...]) -> Tensor:
         """The levels (Pa) inside ``[top_pressure, bottom_pressure]``, ascending."""
@@ -134,6 +172,10 @@ class SiteColumnModel(SingleColumnModel):
     def cold_state(self) -> dict[str, Tensor]:
         """B2's initial profile at the guessed surface temperature and the site's insolation."""
         guess = torch.full_like(self.insolation, self.surface_temperature_guess)
+        if self.radiation == "rrtmg":
+            return self.initial_state(
+                guess, self.insolation, cosine_solar_zenith_angle=self.cosine_zenith
+            )
         return self.initial_state(guess, self.insolation)
 
 
@@ -163,7 +205,8 @@ def largest_growth_rate(column: SiteColumnModel, state: Mapping[str, Tensor]) ->
         return result
 
     with torch.no_grad():
-        jacobian = torch.func.jacrev(residual)(packed)
+        # torch.func where it can; forward mode for RRTMG (external Functions have no vmap rule).
+        jacobian = _jacobian(lambda x: residual(x), packed, [])
     return float(torch.linalg.eigvals(jacobian).real.max())
 
 
@@ -182,17 +225,25 @@ class ColumnAdapter(ModelAdapter):
     January) of the daily-mean insolation, ``top_pressure`` / ``bottom_pressure`` (Pa, the
     window of observation levels compared) and ``surface_temperature_guess`` (K, cold start).
 
-    ``model.simulate``: ``tol`` (Newton tolerance in K day-1; default 1e-9 in float64, 1e-2 in
-    float32), ``max_iter``, ``spin_up_steps`` (explicit hourly steps before Newton on a cold
-    start) and ``warm_start`` (start Newton from the previous call's equilibrium, without
-    spin-up). Newton can cycle on the steep convective switch, or step out of the physical range,
-    when it starts far from the solution; a failed solve falls back to the warm state after
+    With ``model.options.radiation: rrtmg`` (config ``model=column_rrtmg``) the column runs RRTMG
+    in place of the gray radiation (``background``: an AFGL table for ozone and gases,
+    ``humidity``, ``mole_fractions``; see :class:`~climgrad.models.column.SingleColumnModel`); the
+    shortwave takes the site's daily-mean insolation along the insolation-weighted zenith angle.
+
+    ``model.simulate``: ``tol`` (Newton tolerance in K day-1; default 1e-9 in float64 with gray
+    radiation, 1e-3 with RRTMG, 1e-2 in float32), ``max_iter``, ``spin_up_steps`` (explicit
+    hourly steps before Newton on a cold start) and ``warm_start`` (start Newton from the
+    previous call's equilibrium, without spin-up). Newton can cycle on the steep convective
+    switch, or step out of the physical range, when it starts far from the solution; a failed
+    solve falls back to the warm state after
     ``spin_up_steps`` and then 10 x ``spin_up_steps`` explicit steps, then to cold starts with as
     many, and raises :class:`~climgrad.integrate.EquilibriumError` (the loop skips the step) if
     all fail. A warm solve returns the cold-start equilibrium (tested after moving a parameter
     away and back), about 20 times faster (0.3 s against 6 s for 40 levels, with the adjoint).
-    It makes a step depend on the previous one's solution at the Newton tolerance, so resumed
-    runs are bit-identical only with ``warm_start=false``.
+    It makes a step depend on the previous one's solution at the Newton tolerance; the warm
+    state is part of the model's state dict (buffers ``warm_*``), so a resumed run continues from
+    it (bit-identical on the CPU in float64) and :func:`climgrad.load_run` reproduces the run's
+    fit on the branch the run was on.
 
     Outputs: ``air_temperature`` (K) on the observation levels in the window, ascending pressure,
     shape ``(plev,)``.
@@ -220,7 +271,7 @@ class ColumnAdapter(ModelAdapter):
         return [*super().option_names(), *self._SITE_OPTIONS]
 
     def parameter_names(self) -> list[str]:
-        return [*SPECS, *OPTIONAL_SPECS]
+        return [*SPECS, *OPTIONAL_SPECS, *RRTMG_SPECS]
 
     def build(
         self, options: Mapping[str, Any], *, dtype: torch.dtype, device: torch.device
@@ -228,7 +279,8 @@ class ColumnAdapter(ModelAdapter):
         settings = {**self._SITE_OPTIONS, **dict(options)}
         try:
             return SiteColumnModel(**settings, dtype=dtype, device=device)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, ImportError) as err:
+            # ImportError: radiation=rrtmg without the optional extra (the message says how).
             raise CalibrationError(f"cannot build column from model.options: {err}") from err
 
     def observation_grid(self, model: Model, spec_grid: ModelGrid) -> ModelGrid:
@@ -246,9 +298,10 @@ class ColumnAdapter(ModelAdapter):
         settings = {**self.simulate_defaults, **dict(options)}
         column = _column(model)
         tol = settings["tol"]
-        if tol is None:
-            tol = 1e-9 if column.layer_pressure.dtype == torch.float64 else 1e-2
-        tolerance, max_iter = float(tol), int(settings["max_iter"])
+        if tol is None and column.layer_pressure.dtype != torch.float64:
+            tol = 1e-2
+        tolerance = None if tol is None else float(tol)  # None: the model's (gray or RRTMG)
+        max_iter = int(settings["max_iter"])
         spin_up = int(settings["spin_up_steps"])
         warm = column.warm_state if settings["warm_start"] else None
         # Newton can cycle on the steep convective switch when it starts far from the solution;
