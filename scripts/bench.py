@@ -48,6 +48,7 @@ PROBLEMS = {
     "B3": "b3",
     "B4": "b4",
     "ROLLOUT": "rollout",
+    "RRTMG": "rrtmg_column",
 }
 
 
