@@ -440,15 +440,8 @@ class ExternalFunction:
             return [np.imag(s).astype(np.float64) / step for s in shifted]
         plus = call_with(x + probe.direction)
         if self.method == "forward":
-            return [
-                (p.astype(np.float64) - np.asarray(o, dtype=np.float64)) / step
-                for p, o in zip(plus, outputs)
-            ]
-        minus = call_with(x - probe.direction)
-        return [
-            (p.astype(np.float64) - m.astype(np.float64)) / (2.0 * step)
-            for p, m in zip(plus, minus)
-        ]
+            return _difference_quotients(plus, outputs, step)
+        return _difference_quotients(plus, call_with(x - probe.direction), 2.0 * step)
 
     def _vjp_from_jacobian(
         self,
@@ -593,15 +586,8 @@ class ExternalFunction:
             if self.fd_dtype is not None:
                 self.calls.tangent += 1
                 outputs = self._call(work, "a forward-mode pass (base point)")
-            return [
-                (p.astype(np.float64) - np.asarray(o, dtype=np.float64)) / step
-                for p, o in zip(plus, outputs)
-            ]
-        minus = call_with(-1.0)
-        return [
-            (p.astype(np.float64) - m.astype(np.float64)) / (2.0 * step)
-            for p, m in zip(plus, minus)
-        ]
+            return _difference_quotients(plus, outputs, step)
+        return _difference_quotients(plus, call_with(-1.0), 2.0 * step)
 
     def _jvp_from_jacobian(
         self,
@@ -635,6 +621,16 @@ class ExternalFunction:
                     part = block * np.asarray(v)[..., None]
                 result[o] = result[o] + np.broadcast_to(part, shape)
         return result
+
+
+def _difference_quotients(
+    plus: Sequence[Array], base: Sequence[Array], denominator: Any
+) -> list[Array]:
+    """``(plus - base) / denominator`` for every output, in float64."""
+    return [
+        (np.asarray(p, dtype=np.float64) - np.asarray(b, dtype=np.float64)) / denominator
+        for p, b in zip(plus, base)
+    ]
 
 
 def _tensor_like(value: Any) -> Any:

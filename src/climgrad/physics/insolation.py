@@ -389,23 +389,34 @@ def daily_mean_insolation(
     >>> round(float(daily_mean_insolation(pole, june_solstice)), 0)
     524.0
     """
-    _check_latitude(latitude)
     _check_solar_constant(solar_constant)
+    phi, longitude, distance = _orbital_position(
+        latitude, day_of_year, eccentricity, longitude_of_perihelion, year_length, equinox_day
+    )
+    return daily_mean_insolation_kernel(
+        phi, longitude, distance, solar_constant, torch.deg2rad(_as_tensor(obliquity, longitude))
+    )
+
+
+def _orbital_position(
+    latitude: Tensor,
+    day_of_year: Tensor,
+    eccentricity: float | Tensor,
+    longitude_of_perihelion: float | Tensor,
+    year_length: float,
+    equinox_day: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validated latitude (rad), solar longitude (rad) and distance r/a for the daily functions."""
+    _check_latitude(latitude)
     _check_eccentricity(eccentricity)
     dtype = _float_dtype(latitude, day_of_year)
-    latitude = latitude.to(dtype)
-    day = day_of_year.to(dtype=dtype, device=latitude.device)
+    phi = torch.deg2rad(latitude.to(dtype))
+    day = day_of_year.to(dtype=dtype, device=phi.device)
     perihelion = torch.deg2rad(_as_tensor(longitude_of_perihelion, day))
     longitude, distance = orbital_position_kernel(
         day, eccentricity, perihelion, float(year_length), float(equinox_day)
     )
-    return daily_mean_insolation_kernel(
-        torch.deg2rad(latitude),
-        longitude,
-        distance,
-        solar_constant,
-        torch.deg2rad(_as_tensor(obliquity, day)),
-    )
+    return phi, longitude, distance
 
 
 def daily_mean_cosine_zenith(
@@ -434,16 +445,10 @@ def daily_mean_cosine_zenith(
     Returns:
         ``μ̄`` (dimensionless, in (0, 1]; 0 in polar night), the broadcast shape of the inputs.
     """
-    _check_latitude(latitude)
-    _check_eccentricity(eccentricity)
-    dtype = _float_dtype(latitude, day_of_year)
-    phi = torch.deg2rad(latitude.to(dtype))
-    day = day_of_year.to(dtype=dtype, device=phi.device)
-    perihelion = torch.deg2rad(_as_tensor(longitude_of_perihelion, day))
-    longitude, _ = orbital_position_kernel(
-        day, eccentricity, perihelion, float(year_length), float(equinox_day)
+    phi, longitude, _ = _orbital_position(
+        latitude, day_of_year, eccentricity, longitude_of_perihelion, year_length, equinox_day
     )
-    obliquity_radians = torch.deg2rad(_as_tensor(obliquity, day))
+    obliquity_radians = torch.deg2rad(_as_tensor(obliquity, longitude))
     declination = torch.asin(torch.sin(obliquity_radians) * torch.sin(longitude))
     h0 = sunset_hour_angle_kernel(phi, declination)
     a = torch.sin(phi) * torch.sin(declination)
