@@ -70,7 +70,7 @@ def solved() -> tuple[SingleColumnModel, dict[str, torch.Tensor]]:
         ({"radiation": "grey"}, "not a scheme"),
         ({"background": None}, "background"),
         ({"humidity": "prognostic"}, "not a mode"),
-        ({"moisture": True, "diffusivity": 1.0}, "fixed relative humidity"),
+        ({"moisture": True, "diffusivity": 1.0}, "prognostic humidity"),
         ({"learn": ("surface_optical_depth",)}, "Unknown parameter"),
     ],
 )

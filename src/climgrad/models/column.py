@@ -220,7 +220,7 @@ class ScaledHumidity(nn.Module):
 
 
 class SingleColumnModel(Model):
-    """Gray radiative-convective columns (see the module docstring).
+    """Radiative-convective columns, gray or RRTMG (see the module docstring).
 
     Args:
         levels: Number of layers L.
@@ -232,12 +232,24 @@ class SingleColumnModel(Model):
         convective_width: δ in K of the logistic convective switch.
         surface_optical_depth, pressure_exponent, surface_albedo, critical_lapse_rate,
             relaxation_time, heat_exchange: initial parameter values (SI; table above).
-        learn: Names of the learnable parameters (default: all six).
+        diffusivity, moisture, moisture_exchange, critical_relative_humidity: the options above
+            (gray radiation only for ``moisture``).
+        radiation: ``"gray"`` (default) or ``"rrtmg"`` (needs ``climgrad[rrtmg]``).
+        background: With RRTMG: the background atmosphere (a
+            :class:`~climgrad.data.afgl.ReferenceAtmosphere` or the path of an AFGL table) giving
+            ozone, the well-mixed gases and the background humidity, interpolated in ln p.
+        mole_fractions: With RRTMG: gas mole fractions (mol mol-1) by RRTMG's names, overriding
+            the background's (e.g. ``{"carbon_dioxide": 381.9e-6}``).
+        humidity: With RRTMG: ``"background"`` (``q = humidity_scale × q_background``) or
+            ``"relative"`` (Manabe–Wetherald fixed relative humidity).
+        humidity_scale, surface_relative_humidity: Initial values of the humidity parameter.
+        learn: Names of the learnable parameters (default: all of the configuration's).
         dtype, device: Of parameters and grid.
 
     State: ``air_temperature`` ``(column, level)`` K (top first), ``surface_temperature``
     ``(column,)`` K, ``insolation`` ``(column,)`` W m-2, and ``wind_speed``, ``air_density``,
-    ``surface_pressure`` (filled in by :meth:`initial_state`).
+    ``surface_pressure`` (filled in by :meth:`initial_state`); with RRTMG also
+    ``cosine_solar_zenith_angle`` ``(column,)``.
     """
 
     interface_pressure: Tensor
@@ -298,8 +310,9 @@ class SingleColumnModel(Model):
             )
         if rrtmg and moisture:
             raise ValueError(
-                "radiation='rrtmg' takes its vapour from a fixed relative humidity profile; "
-                "moisture=True (prognostic humidity) works with radiation='gray' only."
+                "radiation='rrtmg' takes its vapour from the background or a fixed relative "
+                "humidity (humidity=); moisture=True (prognostic humidity) works with "
+                "radiation='gray' only."
             )
         if isinstance(background, (str, Path)):
             from climgrad.data.afgl import read_afgl
