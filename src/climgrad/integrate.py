@@ -177,10 +177,10 @@ def _jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor
 
     Uses ``torch.func`` (jacrev, vmapped over rows). Residuals built on custom Functions without
     a vmap rule (such as :func:`~climgrad.autograd.external` wrappers of compiled code) fall back
-    to forward mode, one Jacobian-vector product per unknown of a row, batched over rows
-    (``torch.autograd.forward_ad``; an external function costs 2 calls per product there, against
-    2 per input element in a reverse pass), and, if some Function has no forward-mode rule, to
-    one reverse pass per unknown.
+    to forward mode (``torch.autograd.forward_ad``), all unknowns in one batched evaluation where
+    the residual allows it (:func:`_jacobian_forward_mode`; an external function then costs 2
+    calls for the whole Jacobian, against 2 per input element and unknown in reverse mode), and,
+    if some Function has no forward-mode rule, to one reverse pass per unknown.
     """
 
     def row(x_row: Tensor) -> Tensor:
@@ -221,7 +221,9 @@ def _jacobian_forward_mode(residual: Residual, x: Tensor, params: Sequence[Tenso
     leading dimensions as independent rows, as the models here do). This matters because forward
     mode pays a fixed cost per operation (about 0.5 ms for a binary op in torch 2.13, whose zero
     tangents go through Python meta functions) that ``n`` separate products would pay ``n``
-    times. A residual that cannot take the extra dimension is evaluated once per unknown.
+    times. A residual that cannot take the extra dimension, or that mixes it with the others (a
+    matrix product over a one-dimensional state, say: checked by comparing the replicas' values
+    with one plain evaluation), is evaluated once per unknown instead.
     """
     point = x.detach()
     detached = [p.detach() for p in params]
@@ -234,8 +236,13 @@ def _jacobian_forward_mode(residual: Residual, x: Tensor, params: Sequence[Tenso
             eye = torch.eye(n, dtype=point.dtype, device=point.device)
             tangent = eye.reshape(n, *(1,) * (point.ndim - 1), n).expand_as(replicas).clone()
             values = residual(forward_ad.make_dual(replicas, tangent), *detached)
-            derivative = forward_ad.unpack_dual(values).tangent
-            if values.shape == replicas.shape:
+            primal, derivative = forward_ad.unpack_dual(values)
+            plain = residual(point, *detached)
+            tolerance = 1e-10 if plain.dtype == torch.float64 else 1e-4
+            rows_independent = values.shape == replicas.shape and bool(
+                torch.allclose(primal, plain.expand_as(primal), rtol=tolerance, atol=0.0)
+            )
+            if rows_independent:
                 if derivative is None:
                     return torch.zeros(*point.shape, n, dtype=values.dtype, device=values.device)
                 # derivative[k, ..., i] = ∂F_i/∂x_k

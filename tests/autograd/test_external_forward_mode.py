@@ -147,8 +147,9 @@ def test_jacobian_of_external_residual_uses_batched_forward_mode():
     jacobian = _jacobian(residual, x, [scale])
     expected = torch.func.vmap(torch.func.jacrev(lambda row: reference(row, scale)))(x)
     torch.testing.assert_close(jacobian, expected, rtol=1e-7, atol=1e-7)
-    # one batched evaluation: 1 forward and 2 tangent calls for all 5 unknowns of 3 rows
-    assert operator.calls.forward == 1 and operator.calls.tangent == 2
+    # one batched evaluation (1 forward, 2 tangent calls for all 5 unknowns of 3 rows) and one
+    # plain evaluation that checks the replicas did not mix
+    assert operator.calls.forward == 2 and operator.calls.tangent == 2
     assert operator.calls.backward == 0
 
 
@@ -168,3 +169,16 @@ def test_batched_and_per_unknown_forward_mode_agree():
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+def test_forward_mode_jacobian_refuses_a_residual_that_mixes_the_replica_dimension():
+    """A matrix product over a 1-D state would mix the replicas: the per-unknown loop is used."""
+    operator = external(lambda a: a**3, structure="elementwise")
+    matrix = torch.tensor([[2.0, 1.0, 0.0], [0.5, 3.0, 1.0], [0.0, 1.0, 4.0]], dtype=F64)
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        return matrix @ operator(x)  # (n, n) @ (n, n) for replicas: not row-wise
+
+    x = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+    expected = matrix * (3 * x**2)  # ∂(A x³)/∂x = A diag(3x²)
+    torch.testing.assert_close(_jacobian(residual, x, []), expected, rtol=1e-7, atol=1e-7)

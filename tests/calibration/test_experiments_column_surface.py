@@ -301,13 +301,13 @@ def test_column_warm_state_is_checkpointed_so_resume_and_load_run_follow_the_run
         "trainer.checkpoint_every=2",
         "optimizer.schedule.name=constant",
     ]
-    full = common + ["trainer.max_steps=4"]
+    full = [*common, "trainer.max_steps=4"]
     metrics = run_calibration(
         compose_config(full), tmp_path / "full", overrides=full, launch_dir=REPO
     )
-    first = common + ["trainer.max_steps=2"]
+    first = [*common, "trainer.max_steps=2"]
     run_calibration(compose_config(first), tmp_path / "split", overrides=first, launch_dir=REPO)
-    resumed = common + ["trainer.max_steps=4", "trainer.resume=true"]
+    resumed = [*common, "trainer.max_steps=4", "trainer.resume=true"]
     run_calibration(compose_config(resumed), tmp_path / "split", overrides=resumed, launch_dir=REPO)
     one = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     other = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
