@@ -599,7 +599,7 @@ class SingleColumnModel(Model):
         the solution. Default ``tol``: 1e-9 with gray radiation, 1e-3 with RRTMG (about 2e-4 K in
         temperature), whose fluxes are piecewise smooth (linear interpolation in its absorption
         tables) with a staircase of 1e-5 to 1e-4 W m-2, so that Newton with its
-        finite-difference Jacobian (forward mode: one batched product, 2 calls per band) stalls
+        finite-difference Jacobian (forward mode: one batched product, 4 calls per band) stalls
         at a few 1e-4 K day-1 in some states.
 
         Returns:
