@@ -679,7 +679,10 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         if external.method == "forward" and external.jvp is None and external.vjp is None:
             saved += list(output)
         ctx.save_for_backward(*saved)
-        ctx.forward_arrays, ctx.forward_outputs = external._pending
+        # (Not cleared here: torch.func runs setup_context more than once per forward.)
+        ctx.forward_arrays, outputs = external._pending
+        # Only forward differences read the outputs; the others need their shapes alone.
+        ctx.forward_outputs = outputs if external.method == "forward" else ()
         ctx.output_meta = [(o.shape, o.dtype, o.device) for o in output]
 
     @staticmethod
@@ -687,7 +690,9 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         """Forward mode: :meth:`ExternalFunction.jacobian_vector_product` (2 calls, central)."""
         external: ExternalFunction = ctx.external
         arrays = ctx.forward_arrays
-        outputs = ctx.forward_outputs
+        outputs = ctx.forward_outputs or [
+            np.broadcast_to(np.float64(0.0), tuple(shape)) for shape, _, _ in ctx.output_meta
+        ]
         try:
             directions = [
                 None if t is None or not isinstance(a, np.ndarray) else _to_numpy(t)
