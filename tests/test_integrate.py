@@ -240,3 +240,21 @@ def test_explicit_parameter_segments_keep_no_graph_and_support_backward():
     run(30, [rate]).backward()  # .backward() works too, accumulating into .grad
     torch.testing.assert_close(rate.grad, reference[0], rtol=1e-12, atol=0)
     torch.testing.assert_close(x0.grad, reference[1], rtol=1e-12, atol=0)
+
+
+def test_newton_backtracks_out_of_a_residual_domain() -> None:
+    """A trial whose residual raises ValueError (out of its domain) is halved, not fatal."""
+
+    def residual(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if bool((x <= 0).any()):
+            raise ValueError("x must be positive")
+        return torch.log(x) - torch.log(target)
+
+    target = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    x0 = torch.tensor([10.0], dtype=torch.float64)  # plain Newton jumps to 10 - 10 ln 5 < 0
+    solution = equilibrium(residual, x0, [target], tol=1e-12)
+    torch.testing.assert_close(solution, torch.tensor([2.0], dtype=torch.float64))
+    solution.sum().backward()
+    torch.testing.assert_close(target.grad, torch.tensor([1.0], dtype=torch.float64))
+    with pytest.raises(EquilibriumError, match="domain"):
+        equilibrium(residual, x0, [target], tol=1e-12, line_search=False)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -292,14 +293,25 @@ def _newton(
                 ) from error
             # Optional backtracking: halve the Newton step until the residual decreases. Off by
             # default, because it changes the path, and so possibly the branch reached.
+            # A trial that leaves the residual's domain (its checks raise ValueError, e.g. for a
+            # negative temperature) or gives non-finite values counts as infinitely bad.
             scale = 1.0
             for _ in range(30 if line_search else 1):
                 candidate = x - scale * delta
-                f_candidate = residual(candidate, *params)
-                norm_candidate = float(f_candidate.abs().max())
+                try:
+                    f_candidate = residual(candidate, *params)
+                    norm_candidate = float(f_candidate.abs().max())
+                except ValueError:
+                    norm_candidate = math.inf
                 if norm_candidate < norm or norm_candidate <= tol:
                     break
                 scale *= 0.5
+            if not math.isfinite(norm_candidate):
+                raise EquilibriumError(
+                    f"Newton's step at iteration {iteration} left the residual's domain or gave "
+                    f"non-finite values (max |F| was {norm:.3e}); start closer to the equilibrium "
+                    "(more spin-up steps)."
+                )
             x, f, norm = candidate, f_candidate, norm_candidate
     raise EquilibriumError(
         f"Newton's method did not converge in {max_iter} iterations: max |F| = {norm:.3e} > "

@@ -178,3 +178,36 @@ def test_moist_column_with_diffusion_reaches_equilibrium_with_live_parameters():
         assert bool(torch.isfinite(gradient).all()) and float(gradient.abs().max()) > 0, name
     with pytest.raises(ValueError, match="pass a diffusivity"):
         SingleColumnModel(10, moisture=True)
+
+
+def test_failed_newton_is_retried_after_four_times_the_spin_up(monkeypatch):
+    import climgrad.models.column as column_module
+    from climgrad.integrate import EquilibriumError
+
+    model = SingleColumnModel(levels=10)
+    state = model.initial_state(
+        torch.tensor([300.0], dtype=torch.float64), torch.tensor([340.0], dtype=torch.float64)
+    )
+    steps: list[int] = []
+    original_run, original_solve = model.run, column_module.equilibrium
+    calls = {"solve": 0}
+
+    def counting_run(state, count, **kwargs):
+        steps.append(count)
+        return original_run(state, count, **kwargs)
+
+    def failing_once(*args, **kwargs):
+        calls["solve"] += 1
+        if calls["solve"] == 1:
+            raise EquilibriumError("first Newton fails")
+        return original_solve(*args, **kwargs)
+
+    monkeypatch.setattr(model, "run", counting_run)
+    monkeypatch.setattr(column_module, "equilibrium", failing_once)
+    solution = model.equilibrium(state, spin_up_steps=30)
+    assert steps == [30, 120] and calls["solve"] == 2
+    tendencies, _ = model(solution)
+    assert float(tendencies["air_temperature"].abs().max()) * 86400 < 1e-8
+    calls["solve"] = 0
+    with pytest.raises(EquilibriumError):  # no spin-up: nothing to retry from
+        model.equilibrium(solution, spin_up_steps=0)

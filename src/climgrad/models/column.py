@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from climgrad.constants import gravity, heat_capacity_dry_air
-from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
+from climgrad.integrate import EquilibriumError, EquilibriumInfo, equilibrium, rollout
 from climgrad.models.base import Model, functional
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.convection import BettsMillerConvection
@@ -586,7 +586,7 @@ class SingleColumnModel(Model):
         self,
         state: State,
         *,
-        spin_up_steps: int = 200,
+        spin_up_steps: int | None = None,
         tol: float | None = None,
         max_iter: int = 30,
         info: EquilibriumInfo | None = None,
@@ -602,21 +602,36 @@ class SingleColumnModel(Model):
         finite-difference Jacobian (forward mode: one batched product, 4 calls per band) stalls
         at a few 1e-4 K day-1 in some states.
 
+        Default ``spin_up_steps``: 200 (gray), 500 (RRTMG: from B2's initial profile, 200 hourly
+        steps left Newton short of the basin for some 40-level RRTMG columns). If Newton fails
+        after a spin-up, the columns are stepped ``4 × spin_up_steps`` further and Newton is
+        tried once more before :class:`~climgrad.integrate.EquilibriumError` is raised.
+
         Returns:
             The equilibrium state (same keys as ``state``).
         """
+        if spin_up_steps is None:
+            spin_up_steps = 500 if self.radiation == "rrtmg" else 200
+        if tol is None:
+            tol = 1e-3 if self.radiation == "rrtmg" else 1e-9
         with torch.no_grad():
             spun = self.run(dict(state), spin_up_steps) if spin_up_steps else dict(state)
         prognostic = ("air_temperature", "surface_temperature", "specific_humidity")
         forcing = {k: v for k, v in state.items() if k not in prognostic}
-        packed = self._pack(spun).detach()
         bound, tensors = functional(self, "_residual")
 
         def residual(x: Tensor, *params: Tensor) -> Tensor:
             result: Tensor = bound(x, forcing, *params)
             return result
 
-        if tol is None:
-            tol = 1e-3 if self.radiation == "rrtmg" else 1e-9
-        solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
+        try:
+            packed = self._pack(spun).detach()
+            solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
+        except EquilibriumError:
+            if not spin_up_steps:
+                raise
+            with torch.no_grad():
+                spun = self.run(spun, 4 * spin_up_steps)
+            packed = self._pack(spun).detach()
+            solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
         return {**forcing, **self._unpack(solution)}
