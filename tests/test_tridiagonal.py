@@ -13,9 +13,9 @@ import climgrad.tridiagonal as tridiagonal_module
 from climgrad.autograd.verify import check_gradients, taylor_test
 from climgrad.tridiagonal import (
     _accumulate_conductance_gradient,
-    _factor_levels_first,
-    _solve_factored_levels_first,
-    _solve_factored_transposed_levels_first,
+    factor_levels_first,
+    solve_factored_levels_first,
+    solve_factored_transposed_levels_first,
     solve_tridiagonal,
     thomas_solve_kernel,
     tridiagonal_matvec,
@@ -155,10 +155,10 @@ def test_native_sweeps_match_eager_sweeps(dtype: torch.dtype) -> None:
         tridiagonal_module.set_native_enabled(native)
         try:
             factors = (torch.empty_like(diag), torch.empty_like(diag))
-            _factor_levels_first(lower, diag, upper, out=factors)
-            forward = _solve_factored_levels_first(lower, *factors, rhs, out=torch.empty_like(rhs))
+            factor_levels_first(lower, diag, upper, out=factors)
+            forward = solve_factored_levels_first(lower, *factors, rhs, out=torch.empty_like(rhs))
             in_place = rhs.clone()
-            _solve_factored_transposed_levels_first(lower, *factors, in_place, out=in_place)
+            solve_factored_transposed_levels_first(lower, *factors, in_place, out=in_place)
             accumulated = torch.ones_like(rhs[1:])
             _accumulate_conductance_gradient(rhs, solution, weight, accumulated)
             results[native] = (*factors, forward, in_place, accumulated)
@@ -167,7 +167,7 @@ def test_native_sweeps_match_eager_sweeps(dtype: torch.dtype) -> None:
     tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
     for native_value, eager_value in zip(results[True], results[False], strict=True):
         torch.testing.assert_close(native_value, eager_value, **tolerance)
-    reference = _factor_levels_first(lower, diag, upper)
+    reference = factor_levels_first(lower, diag, upper)
     torch.testing.assert_close(results[True][0], reference[0], **tolerance)
 
 
@@ -219,7 +219,7 @@ def test_dtype_errors_say_the_fix() -> None:
     ones = torch.ones(4, dtype=DOUBLE)
     with pytest.raises(TypeError, match="one dtype"):
         solve_tridiagonal(ones, ones, ones, ones.float())
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="floating-point"):
         solve_tridiagonal(ones, ones, ones, torch.ones(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="at least one dimension"):
         solve_tridiagonal(ones, ones, ones, torch.tensor(1.0, dtype=DOUBLE))

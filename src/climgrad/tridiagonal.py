@@ -29,7 +29,7 @@ three. Other matrices may hit a zero or tiny pivot and return inf/nan or inaccur
 is checked at run time, because a check would synchronise the device.
 
 Internally the level dimension is moved to the front so that every elimination step works on one
-contiguous vector per level (see ``_factor_levels_first`` and friends; the diffusion module reuses
+contiguous vector per level (see ``factor_levels_first`` and friends; the diffusion module reuses
 those helpers to factor a matrix once and solve it many times).
 """
 
@@ -49,14 +49,35 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from climgrad.validation import (
+    check_broadcastable,
+    check_floating,
+    check_not_scalar,
+    check_same_device,
+    check_same_dtype,
+    check_same_last_dimension,
+    is_traced,
+)
+
+__all__ = [
+    "factor_levels_first",
+    "solve_factored_levels_first",
+    "solve_factored_transposed_levels_first",
+    "solve_transposed_and_accumulate",
+    "solve_tridiagonal",
+    "thomas_solve_kernel",
+    "tridiagonal_matvec",
+]
+
 # --------------------------------------------------------------------------------------------------
-# Native sweeps (optional). Eager PyTorch spends ~5 us dispatching each per-level vector operation,
-# about 25,000 of them per B1 forward; a C loop over levels and columns removes that overhead. The
-# library is plain C (no PyTorch headers), built with the system C compiler on first use in about a
-# second and cached by source hash. It serves only the non-differentiable ``out=`` paths on
-# contiguous CPU float32/float64 tensors; everything else, and every machine without a compiler,
-# uses the eager torch code, which gives the same results up to rounding. Set the environment
-# variable CLIMGRAD_NATIVE=0 (or call ``set_native_enabled(False)``) to force the eager path.
+# Native sweeps (optional). Eager PyTorch pays a fixed dispatch cost for every per-level vector
+# operation, and the sweeps make several per level (docs/benchmarks.md has the measured overhead);
+# a C loop over levels and columns removes that overhead. The library is plain C (no PyTorch
+# headers), built with the system C compiler on first use and cached by source hash. It serves
+# only the non-differentiable ``out=`` paths on contiguous CPU float32/float64 tensors; everything
+# else, and every machine without a compiler, uses the eager torch code, which gives the same
+# results up to rounding. Set the environment variable CLIMGRAD_NATIVE=0 (or call
+# ``set_native_enabled(False)``) to force the eager path.
 # --------------------------------------------------------------------------------------------------
 
 _NATIVE_SOURCE = r"""
@@ -134,7 +155,7 @@ def set_native_enabled(enabled: bool) -> None:
 
 
 def native_available() -> bool:
-    """Whether the compiled sweeps are enabled and loaded (building them on first call, ~1 s)."""
+    """Whether the compiled sweeps are enabled and loaded (building them on the first call)."""
     return _native_state["enabled"] and _load_native() is not None
 
 
@@ -216,12 +237,11 @@ def _native_call(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, .
             for t in tensors
         )
         or any(t.shape[0] != first.shape[0] for t in inputs)
+        # Tensors traced by torch.func transforms or torch.compile have no storage to hand to C.
+        or is_traced(*tensors)
     ):
         return False
-    try:  # tensors wrapped by torch.func transforms have no storage: leave them to eager code
-        pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    except RuntimeError:
-        return False
+    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     library = _load_native()
     if library is None:
         return False
@@ -237,7 +257,7 @@ def _native_call(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, .
 # --------------------------------------------------------------------------------------------------
 
 
-def _factor_levels_first(
+def factor_levels_first(
     lower: Tensor, diag: Tensor, upper: Tensor, out: tuple[Tensor, Tensor] | None = None
 ) -> tuple[Tensor, Tensor]:
     """LU factors of the Thomas algorithm, levels first.
@@ -278,14 +298,14 @@ def _factor_levels_first(
     return torch.stack(upper_ratio), torch.stack(inverse_pivot)
 
 
-def _solve_factored_levels_first(
+def solve_factored_levels_first(
     lower: Tensor,
     upper_ratio: Tensor,
     inverse_pivot: Tensor,
     rhs: Tensor,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Solve ``A x = rhs`` from the factors of :func:`_factor_levels_first` (levels first).
+    """Solve ``A x = rhs`` from the factors of :func:`factor_levels_first` (levels first).
 
     Forward sweep ``y_k = (d_k - a_k y_{k-1}) / m_k``; back substitution
     ``x_k = y_k - c'_k x_{k+1}``. With ``out`` (which may be ``rhs`` itself, for an in-place solve)
@@ -315,7 +335,7 @@ def _solve_factored_levels_first(
     return torch.stack(x)
 
 
-def _solve_factored_transposed_levels_first(
+def solve_factored_transposed_levels_first(
     lower: Tensor,
     upper_ratio: Tensor,
     inverse_pivot: Tensor,
@@ -326,7 +346,7 @@ def _solve_factored_transposed_levels_first(
 
     ``A^T = U^T L^T``: forward sweep with the unit lower ``U^T`` (``w_k = g_k - c'_{k-1} w_{k-1}``),
     then back substitution with the upper ``L^T`` (``z_k = (w_k - a_{k+1} z_{k+1}) / m_k``).
-    ``out`` as in :func:`_solve_factored_levels_first` (``out=rhs`` solves in place).
+    ``out`` as in :func:`solve_factored_levels_first` (``out=rhs`` solves in place).
     """
     if out is not None and _native_call(
         "solve_transposed", (lower, upper_ratio, inverse_pivot, rhs), (out,)
@@ -371,7 +391,7 @@ def _accumulate_conductance_gradient(
     return accumulated.addcmul_(scaled[1:] - scaled[:-1], solution[1:] - solution[:-1])
 
 
-def _solve_transposed_and_accumulate(
+def solve_transposed_and_accumulate(
     lower: Tensor,
     upper_ratio: Tensor,
     inverse_pivot: Tensor,
@@ -383,11 +403,12 @@ def _solve_transposed_and_accumulate(
 ) -> Tensor:
     """``out = A^{-T} rhs``, then :func:`_accumulate_conductance_gradient` with it.
 
-    Two passes: fusing them into the back substitution was measured 3x slower on B1, because rows
-    of the levels-first arrays lie a power of two apart and seven of them thrash the L1 sets.
+    Two passes, not one fused into the back substitution: rows of the levels-first arrays lie a
+    power of two apart, and the seven a fused pass would stream thrash the L1 cache sets (see
+    ``docs/benchmarks.md`` for the measured cost).
     ``out`` may be ``rhs``. Not differentiable.
     """
-    _solve_factored_transposed_levels_first(lower, upper_ratio, inverse_pivot, rhs, out=out)
+    solve_factored_transposed_levels_first(lower, upper_ratio, inverse_pivot, rhs, out=out)
     _accumulate_conductance_gradient(out, solution, inverse_width, accumulated)
     return out
 
@@ -423,8 +444,8 @@ def thomas_solve_kernel(lower: Tensor, diag: Tensor, upper: Tensor, rhs: Tensor)
     elimination step, so its memory grows with ``n`` times the batch; use it to check the adjoint.
     """
     a, b, c, d = _broadcast_levels_first(lower, diag, upper, rhs)
-    upper_ratio, inverse_pivot = _factor_levels_first(a, b, c)
-    return _solve_factored_levels_first(a, upper_ratio, inverse_pivot, d).movedim(0, -1)
+    upper_ratio, inverse_pivot = factor_levels_first(a, b, c)
+    return solve_factored_levels_first(a, upper_ratio, inverse_pivot, d).movedim(0, -1)
 
 
 def tridiagonal_matvec(lower: Tensor, diag: Tensor, upper: Tensor, x: Tensor) -> Tensor:
@@ -454,12 +475,12 @@ def tridiagonal_matvec(lower: Tensor, diag: Tensor, upper: Tensor, x: Tensor) ->
 
 
 def _factor_any(lower: Tensor, diag: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_factor_levels_first` through the native sweeps when they apply, else eager."""
+    """:func:`factor_levels_first` through the native sweeps when they apply, else eager."""
     operands = tuple(t.contiguous() for t in torch.broadcast_tensors(lower, diag, upper))
     out = (torch.empty_like(operands[1]), torch.empty_like(operands[1]))
     if _native_call("factor", operands, out):
         return out
-    return _factor_levels_first(lower, diag, upper)
+    return factor_levels_first(lower, diag, upper)
 
 
 def _solve_any(
@@ -473,8 +494,8 @@ def _solve_any(
     if _native_call("solve_transposed" if transposed else "solve", operands, (out,)):
         return out
     if transposed:
-        return _solve_factored_transposed_levels_first(lower, upper_ratio, inverse_pivot, rhs)
-    return _solve_factored_levels_first(lower, upper_ratio, inverse_pivot, rhs)
+        return solve_factored_transposed_levels_first(lower, upper_ratio, inverse_pivot, rhs)
+    return solve_factored_levels_first(lower, upper_ratio, inverse_pivot, rhs)
 
 
 class _TridiagonalSolveFunction(torch.autograd.Function):
@@ -525,48 +546,19 @@ class _TridiagonalSolveFunction(torch.autograd.Function):
 def _validate(lower: Tensor, diag: Tensor, upper: Tensor, rhs: Tensor) -> None:
     named = {"lower": lower, "diag": diag, "upper": upper, "rhs": rhs}
     for name, tensor in named.items():
-        if not isinstance(tensor, Tensor):
-            raise TypeError(
-                f"`{name}` must be a torch.Tensor; got {type(tensor).__name__}. "
-                "Wrap it with torch.as_tensor(...)."
-            )
-        if tensor.ndim == 0:
-            raise ValueError(
-                f"`{name}` must have at least one dimension (the n unknowns last); got a scalar. "
-                "Expand it, e.g. `value.expand(n)`."
-            )
-        if not tensor.is_floating_point():
-            raise TypeError(
-                f"`{name}` must be floating point; got {tensor.dtype}. Use `.double()`."
-            )
-    dtypes = {name: t.dtype for name, t in named.items()}
-    if len(set(dtypes.values())) > 1:
-        raise TypeError(
-            f"All four arguments must share one dtype; got {dtypes}. Convert them, e.g. "
-            "`.to(rhs.dtype)`."
-        )
-    devices = {name: str(t.device) for name, t in named.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(
-            f"All four arguments must be on one device; got {devices}. "
-            "Move them with `.to(rhs.device)`."
-        )
-    sizes = {name: t.shape[-1] for name, t in named.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(
-            f"The last dimension (the n unknowns) must agree; got {sizes}. Pad `lower` at the "
-            "front and `upper` at the end to length n (the padded entries are ignored)."
-        )
+        check_floating(name, tensor)
+        check_not_scalar(name, tensor, "the n unknowns", "Expand it, e.g. `value.expand(n)`.")
+    check_same_dtype(named, "Convert them, e.g. `.to(rhs.dtype)`.")
+    check_same_device(named, "Move them with `.to(rhs.device)`.")
+    check_same_last_dimension(
+        named,
+        "the n unknowns",
+        "Pad `lower` at the front and `upper` at the end to length n (the padded entries are "
+        "ignored).",
+    )
     if diag.shape[-1] == 0:
         raise ValueError("The system is empty (n = 0); there is nothing to solve.")
-    try:
-        torch.broadcast_shapes(*(t.shape[:-1] for t in named.values()))
-    except RuntimeError as error:
-        shapes = {name: tuple(t.shape) for name, t in named.items()}
-        raise ValueError(
-            f"The batch dimensions (all but the last) must broadcast; got shapes {shapes}. Insert "
-            "singleton dimensions with `unsqueeze` so they line up."
-        ) from error
+    check_broadcastable(named, "Insert singleton dimensions with `unsqueeze` so they line up.")
 
 
 def solve_tridiagonal(lower: Tensor, diag: Tensor, upper: Tensor, rhs: Tensor) -> Tensor:
@@ -605,6 +597,3 @@ def solve_tridiagonal(lower: Tensor, diag: Tensor, upper: Tensor, rhs: Tensor) -
     _validate(lower, diag, upper, rhs)
     result: Tensor = _TridiagonalSolveFunction.apply(lower, diag, upper, rhs)
     return result
-
-
-__all__ = ["solve_tridiagonal", "thomas_solve_kernel", "tridiagonal_matvec"]

@@ -318,9 +318,9 @@ def test_process_errors_say_the_fix() -> None:
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        ("levels", ValueError, "Level counts disagree"),
+        ("levels", ValueError, r"last dimensions \(levels\) .* must agree"),
         ("negative", ValueError, "non-negative"),
-        ("dtype", TypeError, "dtypes disagree"),
+        ("dtype", TypeError, "must share one dtype"),
         ("time_step", ValueError, "time_step"),
     ],
 )

@@ -375,7 +375,7 @@ def test_process_reads_ozone_from_the_state_and_explains_what_is_missing(column)
 def test_validation_messages_say_the_fix(column):
     with pytest.raises(ValueError, match=r"adding 273\.15"):
         olr(column, temperature=column["temperature"] - 273.15)
-    with pytest.raises(ValueError, match="reverse it"):
+    with pytest.raises(ValueError, match="reverse the level order"):
         olr(column, interface_pressure=column["interface_pressure"].flip(0))
     with pytest.raises(ValueError, match="multiplying by 1e-6"):
         olr(column, mole_fractions={"carbon_dioxide": 400.0})

@@ -26,6 +26,7 @@ from climgrad.physics.surface import (
     latent_heat_flux_kernel,
     sensible_heat_flux,
     sensible_heat_flux_kernel,
+    skin_temperature,
     stability_correction,
 )
 from climgrad.physics.thermo import saturation_specific_humidity
@@ -129,12 +130,18 @@ def test_sensible_taylor_rate_two() -> None:
     assert result.passed, str(result)
 
 
+# Winds in the documented regime: calm (exactly 0) or a measurable wind, here from 1 mm s-1. A
+# positive wind far below that, such as the subnormal 5e-324 m s-1 that st.floats(0.0, 20.0) can
+# draw, makes rho c_p C_H V dT underflow to exactly 0, so "V > 0 implies a flux" fails in float64.
+WIND_SPEEDS = st.one_of(st.just(0.0), st.floats(1e-3, 20.0))
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.floats(250.0, 320.0),
     st.floats(-15.0, 15.0),
     st.floats(0.1, 10.0),
-    st.floats(0.0, 20.0),
+    WIND_SPEEDS,
     st.floats(5e-4, 1e-2),
 )
 def test_sensible_heat_flux_increases_with_temperature_difference(
@@ -156,6 +163,10 @@ def test_sensible_rejects_celsius_and_negative_wind() -> None:
         sensible_heat_flux(tensor([25.0]), 20.0, 3.0, 1e-3, 1.2)
     with pytest.raises(ValueError, match="wind_speed"):
         sensible_heat_flux(tensor([300.0]), 299.0, -3.0, 1e-3, 1.2)
+    with pytest.raises(ValueError, match="`wind_speed` must be finite"):
+        sensible_heat_flux(tensor([300.0]), 299.0, tensor([3.0, float("inf")]), 1e-3, 1.2)
+    with pytest.raises(ValueError, match="`wind_speed` must be finite"):
+        latent_heat_flux(tensor([300.0]), 0.01, float("inf"), 1e-3, 1.2, 1e5)
     with pytest.raises(ValueError, match="NaN"):
         sensible_heat_flux(tensor([300.0]), 299.0, float("nan"), 1e-3, 1.2)
     with pytest.raises(ValueError, match="NaN"):
@@ -221,6 +232,16 @@ def test_effective_wind_speed_floor_and_smoothness() -> None:
     assert float(grad[0]) == 0.0
 
 
+def test_gustiness_keeps_fluxes_alive_in_calm_and_subnormal_winds() -> None:
+    """The process applies the gust floor, so a wind of 0 or 5e-324 m s-1 still exchanges heat."""
+    for wind in (0.0, 5e-324):
+        _, diagnostics = SurfaceFluxes(gustiness=1.0).double()(
+            column_state(wind_speed=tensor([wind, wind, wind]))
+        )
+        torch.testing.assert_close(diagnostics["effective_wind_speed"], tensor([1.0, 1.0, 1.0]))
+        assert bool((diagnostics["sensible_heat_flux"] != 0).all())
+
+
 def test_stability_correction_is_bounded_monotone_and_c1() -> None:
     richardson = torch.linspace(-50.0, 50.0, 2001, dtype=F64, requires_grad=True)
     factor = stability_correction(richardson, maximum_enhancement=3.0)
@@ -252,6 +273,38 @@ def test_bulk_richardson_number_sign() -> None:
     assert float(bulk_richardson_number(tensor(neutral), 300.0, 3.0, 10.0)) == pytest.approx(
         0.0, abs=1e-12
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Skin temperature from radiometers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_skin_temperature_of_a_black_surface_inverts_stefan_boltzmann() -> None:
+    temperature = tensor([250.0, 288.0, 320.0])
+    upwelling = stefan_boltzmann * temperature**4
+    # Emissivity 1 reflects nothing, so the downwelling flux plays no part.
+    for downwelling in (tensor([0.0, 0.0, 0.0]), tensor([200.0, 350.0, 450.0])):
+        result = skin_temperature(upwelling, downwelling, emissivity=1.0)
+        torch.testing.assert_close(result, temperature, rtol=1e-14, atol=0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(200.0, 340.0), st.floats(100.0, 500.0), st.floats(0.9, 1.0))
+def test_skin_temperature_round_trip(temperature: float, downwelling: float, emissivity: float):
+    upwelling = emissivity * stefan_boltzmann * temperature**4 + (1 - emissivity) * downwelling
+    result = skin_temperature(tensor(upwelling), tensor(downwelling), emissivity)
+    assert float(result) == pytest.approx(temperature, rel=1e-12)
+
+
+def test_skin_temperature_default_emissivity_and_errors() -> None:
+    temperature, downwelling = tensor([290.0, 305.0]), tensor([330.0, 400.0])
+    upwelling = 0.98 * stefan_boltzmann * temperature**4 + 0.02 * downwelling
+    torch.testing.assert_close(skin_temperature(upwelling, downwelling), temperature)
+    with pytest.raises(ValueError, match=r"`emissivity` must lie in \(0, 1\]"):
+        skin_temperature(upwelling, downwelling, 1.5)
+    with pytest.raises(ValueError, match="radiometer units"):
+        skin_temperature(tensor([-1.0, 400.0]), downwelling)
 
 
 # ---------------------------------------------------------------------------------------------

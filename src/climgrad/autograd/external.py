@@ -61,6 +61,8 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from climgrad.validation import check_choice, check_positive, is_transformed
+
 __all__ = ["CallCounter", "ExternalFunction", "ExternalFunctionError", "external"]
 
 Structure = Literal["dense", "elementwise", "column"]
@@ -157,17 +159,14 @@ class ExternalFunction:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"external() needs a callable, got {type(fn).__name__}.")
-        if structure not in STRUCTURES:
-            raise ValueError(f"Unknown structure {structure!r}; use one of {list(STRUCTURES)}.")
-        if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; use one of {list(METHODS)}.")
+        check_choice("structure", structure, STRUCTURES)
+        check_choice("method", method, METHODS)
         supplied = [n for n, d in (("jvp", jvp), ("vjp", vjp), ("jacobian", jacobian)) if d]
         if len(supplied) > 1:
             raise ValueError(f"Give at most one of jvp=, vjp=, jacobian=; got {supplied}.")
-        if rel_step is not None and not rel_step > 0:
-            raise ValueError(f"rel_step must be positive, got {rel_step}.")
-        if abs_step is not None and not abs_step > 0:
-            raise ValueError(f"abs_step must be positive, got {abs_step}.")
+        for step_name, step in (("rel_step", rel_step), ("abs_step", abs_step)):
+            if step is not None:
+                check_positive(step_name, step, "", "Or pass None for the default step.")
         if fd_dtype is not None and fd_dtype not in _FLOAT_DTYPES:
             raise ValueError(f"fd_dtype must be torch.float32 or torch.float64, got {fd_dtype}.")
         self.fn = fn
@@ -693,17 +692,16 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         outputs = ctx.forward_outputs or [
             np.broadcast_to(np.float64(0.0), tuple(shape)) for shape, _, _ in ctx.output_meta
         ]
-        try:
-            directions = [
-                None if t is None or not isinstance(a, np.ndarray) else _to_numpy(t)
-                for a, t in zip(arrays, tangents)
-            ]
-        except RuntimeError as error:  # functorch-wrapped tangents have no storage
+        if is_transformed(*tangents):
             raise RuntimeError(
                 f"{external.name}: forward mode of an external function works with "
                 "torch.autograd.forward_ad dual tensors, not inside torch.func.jvp/jacfwd "
                 "(NumPy cannot read functorch tensors)."
-            ) from error
+            )
+        directions = [
+            None if t is None or not isinstance(a, np.ndarray) else _to_numpy(t)
+            for a, t in zip(arrays, tangents)
+        ]
         result = external.jacobian_vector_product(arrays, outputs, directions)
         return tuple(
             torch.from_numpy(np.ascontiguousarray(r)).to(device=device, dtype=dtype)

@@ -29,14 +29,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from climgrad.validation import check_choice, check_positive
+
 GradientMode = Literal["exact", "smooth", "straight_through"]
 GRADIENT_MODES: tuple[str, ...] = ("exact", "smooth", "straight_through")
 
 
 def check_mode(mode: str) -> None:
     """Raise a ValueError naming the valid modes if ``mode`` is not one of them."""
-    if mode not in GRADIENT_MODES:
-        raise ValueError(f"Unknown gradient mode {mode!r}; use one of {list(GRADIENT_MODES)}.")
+    check_choice("gradient mode", mode, GRADIENT_MODES)
 
 
 def _smooth_step(x: Tensor, width: Tensor | float) -> Tensor:
@@ -91,8 +92,7 @@ class _StraightThroughPositivePart(torch.autograd.Function):
 
 def _as_width(width: Tensor | float, like: Tensor) -> Tensor:
     width_tensor = torch.as_tensor(width, dtype=like.dtype, device=like.device)
-    if bool((width_tensor <= 0).any()):
-        raise ValueError(f"Threshold width must be positive, got {width!r}.")
+    check_positive("width", width_tensor, "", "Give the threshold width in the units of `x`.")
     return width_tensor
 
 

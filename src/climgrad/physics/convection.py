@@ -45,7 +45,6 @@ a parameter, not a moist adiabat, so moist convection is represented only throug
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -54,8 +53,13 @@ from torch import Tensor, nn
 from climgrad.autograd.smooth import GradientMode, check_mode
 from climgrad.constants import Constant, gas_constant_dry_air, gravity, reference_surface_pressure
 from climgrad.physics.process import Process
-from climgrad.physics.thermo import check_positive
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    check_last_dimension,
+    check_positive,
+    check_pressure_levels,
+    check_temperature_tensor,
+)
 
 __all__ = [
     "BettsMillerConvection",
@@ -91,20 +95,12 @@ def lapse_rate_exponent(lapse_rate: Tensor | float) -> Tensor | float:
 
 
 def _check_profile(name: str, temperature: Tensor, pressure: Tensor) -> None:
-    if not torch.is_floating_point(temperature):
-        raise TypeError(f"`{name}` must be a floating-point tensor in K; got {temperature.dtype}.")
-    # Skips itself under torch.func transforms and torch.compile (data-dependent control flow).
-    check_positive(name, temperature, "K", "Convert degC to K by adding 273.15.")
-    if pressure.shape[-1] != temperature.shape[-1]:
-        raise ValueError(
-            f"`layer_pressure` must have one value per layer ({temperature.shape[-1]}); got "
-            f"shape {tuple(pressure.shape)}."
-        )
-    if bool((pressure <= 0).any()) or bool((pressure[..., 1:] <= pressure[..., :-1]).any()):
-        raise ValueError(
-            "`layer_pressure` must be positive and strictly increase from the top layer to the "
-            "surface (Pa); reverse the level order if the profile runs from the surface up."
-        )
+    """The column checks both schemes share: a kelvin profile on increasing layer pressures."""
+    check_temperature_tensor(name, temperature, minimum=0.0)
+    check_last_dimension(
+        "layer_pressure", pressure, temperature.shape[-1], f"layers (those of `{name}`)"
+    )
+    check_pressure_levels("layer_pressure", pressure)
 
 
 # ==================================================================================================
@@ -326,10 +322,8 @@ def dry_convective_adjustment(
     """
     check_mode(mode)
     _check_profile("temperature", temperature, layer_pressure)
-    if bool((pressure_thickness <= 0).any()):
-        raise ValueError("`pressure_thickness` must be positive (Pa).")
-    if width <= 0:
-        raise ValueError(f"`width` must be positive (K); got {width}.")
+    check_positive("pressure_thickness", pressure_thickness, "Pa", "Give the layer thicknesses Δp.")
+    check_positive("width", width, "K", "Half a kelvin is typical.")
     lapse = torch.as_tensor(critical_lapse_rate, dtype=temperature.dtype, device=temperature.device)
     check_positive("critical_lapse_rate", lapse, "K m-1", "Use K m-1: 6.5 K/km is 6.5e-3.")
     pressure = layer_pressure.to(temperature.dtype)
@@ -378,8 +372,7 @@ class DryConvectiveAdjustment(Process):
     ) -> None:
         super().__init__()
         check_mode(mode)
-        if adjustment_time <= 0:
-            raise ValueError("`adjustment_time` must be positive (s); use the model time step.")
+        check_positive("adjustment_time", adjustment_time, "s", "Use the model time step.")
         self.register_buffer("layer_pressure", torch.as_tensor(layer_pressure))
         self.register_buffer("pressure_thickness", torch.as_tensor(pressure_thickness))
         self.adjustment_time = float(adjustment_time)
@@ -592,8 +585,7 @@ def betts_miller_tendency(
     True
     """
     _check_profile("temperature", temperature, layer_pressure)
-    if width <= 0:
-        raise ValueError(f"`width` must be positive (K); got {width}.")
+    check_positive("width", width, "K", "B2 uses 1 K.")
     dtype, device = temperature.dtype, temperature.device
     lapse = torch.as_tensor(critical_lapse_rate, dtype=dtype, device=device)
     time = torch.as_tensor(relaxation_time, dtype=dtype, device=device)
@@ -629,8 +621,7 @@ class BettsMillerConvection(Process):
         width: float = 1.0,
     ) -> None:
         super().__init__()
-        if not math.isfinite(width) or width <= 0:
-            raise ValueError("`width` must be positive (K).")
+        check_positive("width", width, "K", "B2 uses 1 K.", finite=True)
         self.register_buffer("layer_pressure", torch.as_tensor(layer_pressure))
         self.width = float(width)
         #: Γ_c, critical lapse rate of the reference profile in K m-1.

@@ -10,9 +10,9 @@ J. Climate 6, 1825; Large et al. 1994, Rev. Geophys. 32, 363):
         \\left( K(z) \\frac{\\partial T}{\\partial z} \\right),
     \\qquad K \\frac{\\partial T}{\\partial z} = 0 \\text{ at both ends (no flux).}
 
-Finite volumes (shared/benchmarks.md B1.2, generalised to uneven cells): cell ``k`` has width
-``w_k`` and centre ``z_k``; interface ``k+1/2`` lies between centres ``k`` and ``k+1`` at distance
-``d_{k+1/2} = z_{k+1} - z_k`` and carries the arithmetic-mean diffusivity
+Finite volumes (benchmark B1.2 of ``docs/benchmark_problems.md``, generalised to uneven cells):
+cell ``k`` has width ``w_k`` and centre ``z_k``; interface ``k+1/2`` lies between centres ``k`` and
+``k+1`` at distance ``d_{k+1/2} = z_{k+1} - z_k`` and carries the arithmetic-mean diffusivity
 ``K_{k+1/2} = (K_k + K_{k+1}) / 2``. With the interface conductance ``g_{k+1/2} = dt K_{k+1/2} /
 d_{k+1/2}`` one backward-Euler step solves, in every column,
 
@@ -59,12 +59,35 @@ from torch import Tensor, nn
 from climgrad.constants import gravity
 from climgrad.physics.process import Process
 from climgrad.tridiagonal import (
-    _factor_levels_first,
-    _solve_factored_levels_first,
-    _solve_factored_transposed_levels_first,
-    _solve_transposed_and_accumulate,
+    factor_levels_first,
+    solve_factored_levels_first,
+    solve_factored_transposed_levels_first,
+    solve_transposed_and_accumulate,
 )
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    check_broadcastable,
+    check_choice,
+    check_count,
+    check_floating,
+    check_last_dimension,
+    check_not_scalar,
+    check_positive,
+    check_same_device,
+    check_same_dtype,
+    check_same_last_dimension,
+    is_transformed,
+)
+
+__all__ = [
+    "VerticalDiffusion",
+    "VerticalGrid",
+    "implicit_diffusion_kernel",
+    "implicit_vertical_diffusion",
+    "implicit_vertical_diffusion_steps",
+    "interface_conductance",
+    "pressure_coordinate_diffusivity",
+]
 
 COORDINATES = ("height", "pressure", "nondimensional")
 
@@ -93,10 +116,7 @@ class VerticalGrid:
     coordinate: str = "height"
 
     def __post_init__(self) -> None:
-        if self.coordinate not in COORDINATES:
-            raise ValueError(
-                f"Unknown coordinate {self.coordinate!r}; use one of {list(COORDINATES)}."
-            )
+        check_choice("coordinate", self.coordinate, COORDINATES)
         if self.cell_width.ndim == 0 or self.cell_width.shape[-1] < 1:
             raise ValueError("`cell_width` needs at least one level (last dimension).")
         if self.center_distance.shape[-1] != self.cell_width.shape[-1] - 1:
@@ -112,11 +132,12 @@ class VerticalGrid:
                     f"`{name}` requires grad, but gradients with respect to the grid are not "
                     "implemented. Pass `.detach()`ed grid tensors."
                 )
-            if value.numel() and bool((value <= 0).any()):
-                raise ValueError(
-                    f"`{name}` must be positive; got a minimum of {float(value.min()):.6g}. "
-                    "Order the interfaces monotonically and remove repeated ones."
-                )
+            check_positive(
+                name,
+                value,
+                "",
+                "Order the interfaces monotonically and remove repeated ones.",
+            )
 
     @property
     def levels(self) -> int:
@@ -158,8 +179,7 @@ class VerticalGrid:
         device: torch.device | str | None = None,
     ) -> VerticalGrid:
         """``levels`` equal cells spanning ``depth`` (B1: ``depth = 1``, nondimensional)."""
-        if levels < 1:
-            raise ValueError(f"`levels` must be at least 1; got {levels}.")
+        check_count("levels", levels, 1)
         width = torch.full((levels,), depth / levels, dtype=dtype, device=device)
         return cls(cell_width=width, center_distance=width[1:].clone(), coordinate=coordinate)
 
@@ -268,12 +288,12 @@ def implicit_diffusion_kernel(
         conductance, torch.reciprocal(cell_width), batch_shape
     )
     state = temperature.expand(*batch_shape, temperature.shape[-1]).movedim(-1, 0)
-    factors = _factor_levels_first(lower, diag, upper) if reuse_factorization else None
+    factors = factor_levels_first(lower, diag, upper) if reuse_factorization else None
     for _ in range(steps):
         upper_ratio, inverse_pivot = (
-            factors if factors is not None else _factor_levels_first(lower, diag, upper)
+            factors if factors is not None else factor_levels_first(lower, diag, upper)
         )
-        state = _solve_factored_levels_first(lower, upper_ratio, inverse_pivot, state)
+        state = solve_factored_levels_first(lower, upper_ratio, inverse_pivot, state)
     return state.movedim(0, -1)
 
 
@@ -300,9 +320,10 @@ _MADV_HUGEPAGE = 14  # Linux <sys/mman.h>
 def _new_history(like: Tensor, steps: int) -> Tensor:
     """An uninitialised ``(steps, *like.shape)`` buffer for the saved states.
 
-    The buffer is large (102 MiB for B1) and freshly mapped, so filling it costs one page fault per
-    4 KiB page, which on virtual machines rivals the solves themselves. On Linux CPU tensors we ask
-    for transparent huge pages (``madvise(MADV_HUGEPAGE)``, honoured when THP is in ``madvise`` or
+    The buffer holds every state of the march, so it is large and freshly mapped, and filling it
+    costs one page fault per 4 KiB page, which on virtual machines rivals the solves themselves
+    (see ``docs/benchmarks.md`` for the measured sizes). On Linux CPU tensors we ask for
+    transparent huge pages (``madvise(MADV_HUGEPAGE)``, honoured when THP is in ``madvise`` or
     ``always`` mode), 512 times fewer faults; anywhere else this is a plain allocation.
     """
     history = like.new_empty((steps, *like.shape))
@@ -348,14 +369,14 @@ def _march(
     """
     upper_ratio, inverse_pivot = torch.empty_like(diag), torch.empty_like(diag)
     if reuse_factorization:
-        _factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
+        factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
     alternating = None if history is not None else (torch.empty_like(diag), torch.empty_like(diag))
     state = initial
     for n in range(steps):
         if not reuse_factorization:
-            _factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
+            factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
         target = history[n] if history is not None else alternating[n % 2]  # type: ignore[index]
-        state = _solve_factored_levels_first(lower, upper_ratio, inverse_pivot, state, out=target)
+        state = solve_factored_levels_first(lower, upper_ratio, inverse_pivot, state, out=target)
     return state
 
 
@@ -424,7 +445,7 @@ class _ImplicitDiffusionStepsFunction(torch.autograd.Function):
         inverse_width_lf = inverse_width.expand(*batch_shape, levels).movedim(-1, 0).contiguous()
         upper_ratio, inverse_pivot = torch.empty_like(diag), torch.empty_like(diag)
         if ctx.reuse_factorization:
-            _factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
+            factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
         # One adjoint buffer, solved in place step after step: lam^n = A^{-T} lam^{n+1}.
         adjoint = grad_final.expand(*batch_shape, levels).movedim(-1, 0)
         adjoint = adjoint.clone(memory_format=torch.contiguous_format)  # never alias grad_final
@@ -433,11 +454,11 @@ class _ImplicitDiffusionStepsFunction(torch.autograd.Function):
             accumulated = torch.zeros_like(diag[1:])
         for n in range(history.shape[0] - 1, -1, -1):
             if not ctx.reuse_factorization:
-                _factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
+                factor_levels_first(lower, diag, upper, out=(upper_ratio, inverse_pivot))
             if need_diffusivity:
                 # lam^n = A^{-T} lam^{n+1}, and with it
                 # dl/dg_{k+1/2} -= (x_{k+1} - x_k)(lam_{k+1}/w_{k+1} - lam_k/w_k), x = T^{n+1}.
-                _solve_transposed_and_accumulate(
+                solve_transposed_and_accumulate(
                     lower,
                     upper_ratio,
                     inverse_pivot,
@@ -448,7 +469,7 @@ class _ImplicitDiffusionStepsFunction(torch.autograd.Function):
                     accumulated=accumulated,
                 )
             else:
-                _solve_factored_transposed_levels_first(
+                solve_factored_transposed_levels_first(
                     lower, upper_ratio, inverse_pivot, adjoint, out=adjoint
                 )
         grad_temperature = grad_diffusivity = None
@@ -469,54 +490,33 @@ class _ImplicitDiffusionStepsFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_transformed(*tensors: Tensor) -> bool:
-    """Whether any tensor is wrapped by a torch.func transform (vmap, grad): it has no storage."""
-    try:
-        for tensor in tensors:
-            tensor.data_ptr()
-    except RuntimeError:
-        return True
-    return False
-
-
 def _validate(
     temperature: Tensor, diffusivity: Tensor, time_step: float, grid: VerticalGrid
 ) -> None:
     for name, value in (("temperature", temperature), ("diffusivity", diffusivity)):
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point torch.Tensor; got {value!r:.80}.")
-        if value.ndim == 0:
-            raise ValueError(f"`{name}` must have a level dimension (last); got a scalar.")
-    levels = temperature.shape[-1]
-    if diffusivity.shape[-1] != levels or grid.levels != levels:
-        raise ValueError(
-            f"Level counts disagree: temperature has {levels}, diffusivity "
-            f"{diffusivity.shape[-1]}, grid {grid.levels}. Give one diffusivity per level "
-            "(`diffusivity.expand(levels)` for a constant) and a grid with matching levels."
-        )
-    if diffusivity.dtype != temperature.dtype or grid.cell_width.dtype != temperature.dtype:
-        raise TypeError(
-            f"dtypes disagree: temperature {temperature.dtype}, diffusivity {diffusivity.dtype}, "
-            f"grid {grid.cell_width.dtype}. Convert with `.to(temperature.dtype)` / `grid.to(...)`."
-        )
-    if diffusivity.device != temperature.device or grid.cell_width.device != temperature.device:
-        raise ValueError(
-            "temperature, diffusivity and grid must be on one device; move them with `.to(device)`."
-        )
-    if not float(time_step) > 0:
-        raise ValueError(f"`time_step` must be positive (s); got {time_step}.")
-    try:
-        _batch_shape(temperature, diffusivity, grid)
-    except RuntimeError as error:
-        raise ValueError(
-            f"Leading (column) dimensions must broadcast: temperature {tuple(temperature.shape)}, "
-            f"diffusivity {tuple(diffusivity.shape)}, grid {tuple(grid.cell_width.shape)}."
-        ) from error
-    if not _is_transformed(diffusivity) and bool((diffusivity.detach() < 0).any()):
-        raise ValueError(
-            f"`diffusivity` must be non-negative; got a minimum of {float(diffusivity.min()):.6g}. "
-            "Parameterise it as a positive quantity (e.g. exp or softplus of a raw parameter)."
-        )
+        check_floating(name, value)
+        check_not_scalar(name, value, "the levels")
+    named = {"temperature": temperature, "diffusivity": diffusivity, "grid": grid.cell_width}
+    check_same_last_dimension(
+        named,
+        "levels",
+        "Give one diffusivity per level (`diffusivity.expand(levels)` for a constant) and a grid "
+        "with matching levels.",
+    )
+    check_same_dtype(named, "Convert with `.to(temperature.dtype)` / `grid.to(...)`.")
+    check_same_device(named, "Move them with `.to(device)`.")
+    check_positive("time_step", float(time_step), "s")
+    check_broadcastable(
+        {**named, "grid.center_distance": grid.center_distance},
+        "Insert singleton dimensions with `unsqueeze` so the columns line up.",
+    )
+    check_positive(
+        "diffusivity",
+        diffusivity,
+        "coordinate units squared per second",
+        "Parameterise it as a positive quantity (e.g. exp or softplus of a raw parameter).",
+        allow_zero=True,
+    )
 
 
 def implicit_vertical_diffusion_steps(
@@ -563,12 +563,11 @@ def implicit_vertical_diffusion_steps(
     0.25
     """
     _validate(temperature, diffusivity, time_step, grid)
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"`steps` must be a non-negative integer; got {steps!r}.")
+    check_count("steps", steps, 0)
     if steps == 0:
         batch_shape = _batch_shape(temperature, diffusivity, grid)
         return temperature.expand(*batch_shape, temperature.shape[-1]) + 0.0 * diffusivity.sum()
-    if _is_transformed(temperature, diffusivity):
+    if is_transformed(temperature, diffusivity):
         # Inside torch.func.vmap / grad: the buffered sweeps cannot run on wrapped tensors, so the
         # pure kernel runs instead and the transform differentiates or batches it.
         return implicit_diffusion_kernel(
@@ -673,16 +672,14 @@ class VerticalDiffusion(Process):
     ) -> None:
         super().__init__()
         diffusivity = torch.as_tensor(diffusivity).detach().clone()
-        if diffusivity.shape[-1] != grid.levels:
-            raise ValueError(
-                f"`diffusivity` has {diffusivity.shape[-1]} levels but the grid has {grid.levels}."
-            )
-        if bool((diffusivity <= 0).any()):
-            raise ValueError(
-                f"`diffusivity` must be positive; got a minimum of {float(diffusivity.min()):.6g}."
-            )
-        if not time_step > 0:
-            raise ValueError(f"`time_step` must be positive (s); got {time_step}.")
+        check_last_dimension("diffusivity", diffusivity, grid.levels, "levels (those of the grid)")
+        check_positive(
+            "diffusivity",
+            diffusivity,
+            "coordinate units squared per second",
+            "Start from a positive profile; the learnable diffusivity is stored as is.",
+        )
+        check_positive("time_step", time_step, "s")
         self.diffusivity = nn.Parameter(diffusivity.to(grid.cell_width.dtype))
         self.register_buffer("cell_width", grid.cell_width.clone())
         self.register_buffer("center_distance", grid.center_distance.clone())
@@ -711,14 +708,3 @@ class VerticalDiffusion(Process):
         interface_diffusivity = 0.5 * (diffusivity[..., 1:] + diffusivity[..., :-1])
         flux = -interface_diffusivity * torch.diff(new_temperature, dim=-1) / grid.center_distance
         return {self.variable: tendency}, {f"{self.variable}_diffusive_flux": flux}
-
-
-__all__ = [
-    "VerticalDiffusion",
-    "VerticalGrid",
-    "implicit_diffusion_kernel",
-    "implicit_vertical_diffusion",
-    "implicit_vertical_diffusion_steps",
-    "interface_conductance",
-    "pressure_coordinate_diffusivity",
-]

@@ -14,8 +14,8 @@ with T the zonal-mean surface temperature, T_C = T − 273.15 K its value in deg
   ``a_w(x) = a₀ + a₂ P₂(x)`` (North et al. 1981, Rev. Geophys. 19, 91) and ``h`` a step of width w
   from :mod:`climgrad.autograd.smooth`; absorbed shortwave ``Q s(x) (1 − a)``;
 * meridional heat diffusion ``D ∂/∂x ((1 − x²) ∂T/∂x) = (D / cos φ) ∂/∂φ (cos φ ∂T/∂φ)``, no flux
-  through the poles, in the finite-volume form of benchmark B3 (shared/benchmarks.md, B3.2), as an
-  explicit operator (:func:`meridional_diffusion`) and as a backward-Euler step solved as one
+  through the poles, in the finite-volume form of benchmark B3.2 (``docs/benchmark_problems.md``),
+  as an explicit operator (:func:`meridional_diffusion`) and as a backward-Euler step solved as one
   tridiagonal system (:func:`implicit_meridional_diffusion_step`), whose backward is the adjoint.
 
 The discretisation is that of benchmark B3 exactly (:class:`LatitudeGrid`), so a model assembled
@@ -44,7 +44,7 @@ model changes by the width w); "straight_through" keeps the sharp step in the fo
 the tanh-step derivative in the backward pass (biased; not checked by gradcheck, by design).
 
 Custom autograd Functions: only the implicit diffusion step has one (``_ImplicitDiffusionFunction``,
-an adjoint backward plus a forward-mode rule; measured savings in its docstring). OLR, the
+an adjoint backward plus a forward-mode rule; why it earns its place is in its docstring). OLR, the
 diffusion operator and the absorbed shortwave are pointwise or linear maps whose autograd
 backward is already exact and keeps no more than a few band-sized tensors, so a hand-written
 backward would not earn its place; their gradient choices live in :mod:`climgrad.autograd.smooth`.
@@ -79,6 +79,26 @@ from climgrad.physics.insolation import annual_mean_insolation_p2, legendre_p2
 from climgrad.physics.process import Process
 from climgrad.tridiagonal import solve_tridiagonal, thomas_solve_kernel, tridiagonal_matvec
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    check_count,
+    check_last_dimension,
+    check_positive,
+    check_temperature,
+    check_temperature_tensor,
+)
+
+__all__ = [
+    "AbsorbedShortwave",
+    "IceAlbedo",
+    "LatitudeGrid",
+    "MeridionalDiffusion",
+    "OutgoingLongwave",
+    "absorbed_shortwave",
+    "ice_albedo",
+    "implicit_meridional_diffusion_step",
+    "meridional_diffusion",
+    "outgoing_longwave",
+]
 
 # ----------------------------------------------------------------------------------------------
 # Grid.
@@ -122,8 +142,7 @@ class LatitudeGrid:
         >>> round(float(grid.latitude_degrees[0]), 6), float(grid.interface_weights[0])
         (-89.0, 0.0)
         """
-        if n_bands < 2:
-            raise ValueError(f"`n_bands` must be at least 2; got {n_bands}.")
+        check_count("n_bands", n_bands, 2)
         width = math.pi / n_bands
         index = torch.arange(n_bands + 1, dtype=torch.float64)
         boundaries = -0.5 * math.pi + width * index
@@ -188,49 +207,57 @@ class LatitudeGrid:
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation helpers.
-
-
-def _check_temperature(surface_temperature: Tensor, name: str = "surface_temperature") -> None:
-    if not surface_temperature.is_floating_point():
-        raise TypeError(
-            f"`{name}` must be a floating-point tensor (K); got {surface_temperature.dtype}."
-        )
-    if surface_temperature.numel() == 0:
-        return
-    minimum = float(surface_temperature.detach().min())
-    if not minimum > 0:
-        raise ValueError(
-            f"`{name}` must be positive (K); got a minimum of {minimum:.6g}. Convert degC to K by "
-            "adding 273.15."
-        )
+# Input checks shared by the public functions and constructors below.
 
 
 def _check_bands(field: Tensor, grid: LatitudeGrid, name: str) -> None:
-    if field.ndim == 0 or field.shape[-1] != grid.n_bands:
-        raise ValueError(
-            f"`{name}` must have the {grid.n_bands} latitude bands of the grid as its last "
-            f"dimension; got shape {tuple(field.shape)}. Build the grid with "
-            "LatitudeGrid.uniform(n_bands) to match, or put bands last with movedim."
-        )
-
-
-def _check_positive(value: float | Tensor, name: str, units: str) -> None:
-    minimum = float(torch.as_tensor(value).detach().min())
-    if not minimum > 0:
-        raise ValueError(f"`{name}` must be positive ({units}); got a minimum of {minimum:.6g}.")
-
-
-def _check_non_negative(value: float | Tensor, name: str, units: str) -> None:
-    minimum = float(torch.as_tensor(value).detach().min())
-    if minimum < 0:
-        raise ValueError(
-            f"`{name}` must be non-negative ({units}); got a minimum of {minimum:.6g}."
-        )
+    check_last_dimension(
+        name,
+        field,
+        grid.n_bands,
+        "latitude bands (those of the grid)",
+        "Build the grid with LatitudeGrid.uniform(n_bands) to match, or put bands last with "
+        "movedim.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernels: plain torch, differentiable by autograd; the references for the custom Function.
+# Plumbing shared by the processes.
+
+
+def _as_parameter(value: float | Tensor, dtype: torch.dtype) -> nn.Parameter:
+    tensor = torch.as_tensor(value, dtype=dtype)
+    return nn.Parameter(tensor.detach().clone())
+
+
+class _EnergyBalanceProcess(Process):
+    """Shared plumbing: the heat capacity and the flux -> tendency conversion."""
+
+    inputs = ("surface_temperature",)
+    heat_capacity: Tensor | None
+
+    def __init__(self, heat_capacity: float | Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        if heat_capacity is None:
+            self.register_buffer("heat_capacity", None)
+        else:
+            check_positive(
+                "heat_capacity", heat_capacity, "J m-2 K-1", "A 50 m ocean mixed layer has 2.1e8."
+            )
+            self.register_buffer("heat_capacity", torch.as_tensor(heat_capacity, dtype=dtype))
+
+    def heating(self, surface_temperature: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Net heating of the surface column by this process, W m-2."""
+        raise NotImplementedError
+
+    def _tendencies(self, heating: Tensor) -> Tendencies:
+        if self.heat_capacity is None:
+            return {}
+        return {"surface_temperature": heating / self.heat_capacity}
+
+
+# ----------------------------------------------------------------------------------------------
+# Outgoing longwave radiation: kernel, public function, process.
 
 
 def outgoing_longwave_kernel(
@@ -238,6 +265,73 @@ def outgoing_longwave_kernel(
 ) -> Tensor:
     """``A + B (T − 273.15 K)`` in W m-2 (Budyko 1969); see :func:`outgoing_longwave`."""
     return olr_intercept + olr_slope * (surface_temperature - float(freezing_point))
+
+
+def outgoing_longwave(
+    surface_temperature: Tensor, olr_intercept: Tensor | float, olr_slope: Tensor | float
+) -> Tensor:
+    """Linear outgoing longwave radiation ``OLR = A + B (T − 273.15 K)`` (Budyko 1969).
+
+    The literature's fit ``A + B T`` has T in °C, so A is the OLR at 0 °C (about 203–210 W m-2;
+    Budyko 1969, Tellus 21, 611; North et al. 1981) and B the sensitivity (about 1.9–2.1
+    W m-2 K-1). The state here is in kelvin and is converted inside; A and B keep their usual
+    values. Valid for present-day-like surface temperatures (roughly −50 °C to +40 °C).
+
+    No custom autograd Function: OLR is linear in A, B and T, and autograd's backward is already
+    exact and saves nothing beyond the inputs.
+
+    Args:
+        surface_temperature: T in K (positive), any shape, e.g. ``(band,)`` or ``(batch, band)``.
+        olr_intercept: A, the OLR at 0 °C, in W m-2 (scalar or broadcastable, e.g. per band).
+        olr_slope: B in W m-2 K-1 (scalar or broadcastable).
+
+    Returns:
+        OLR in W m-2, positive upward, the broadcast shape.
+
+    >>> import torch
+    >>> outgoing_longwave(torch.tensor([273.15, 283.15], dtype=torch.float64), 210.0, 2.0)
+    tensor([210., 230.], dtype=torch.float64)
+    """
+    check_temperature_tensor("surface_temperature", surface_temperature, minimum=0.0)
+    return outgoing_longwave_kernel(surface_temperature, olr_intercept, olr_slope)
+
+
+class OutgoingLongwave(_EnergyBalanceProcess):
+    """Linear outgoing longwave radiation ``OLR = A + B (T − 273.15 K)`` (Budyko 1969).
+
+    Learnable parameters (live in every mode; no threshold):
+
+    * ``olr_intercept`` — A, OLR at 0 °C, W m-2 (B3 truth 210);
+    * ``olr_slope`` — B, W m-2 K-1 (B3 truth 2.0).
+
+    Either may be a field (one value per band) by passing a tensor. State: ``surface_temperature``
+    (K, ``(..., band)``). Diagnostics: ``outgoing_longwave_radiation`` (W m-2, positive up).
+    Tendency (with a ``heat_capacity``): ``−OLR / C`` in K s-1.
+    """
+
+    def __init__(
+        self,
+        olr_intercept: float | Tensor = 210.0,
+        olr_slope: float | Tensor = 2.0,
+        heat_capacity: float | Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__(heat_capacity, dtype)
+        self.olr_intercept = _as_parameter(olr_intercept, dtype)
+        self.olr_slope = _as_parameter(olr_slope, dtype)
+
+    def heating(self, surface_temperature: Tensor) -> Tensor:
+        """``−OLR`` in W m-2."""
+        return -outgoing_longwave_kernel(surface_temperature, self.olr_intercept, self.olr_slope)
+
+    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
+        (temperature,) = self.require(state)
+        olr = outgoing_longwave_kernel(temperature, self.olr_intercept, self.olr_slope)
+        return self._tendencies(-olr), {"outgoing_longwave_radiation": olr}
+
+
+# ----------------------------------------------------------------------------------------------
+# Ice-albedo feedback and absorbed shortwave: kernel, public functions, modules.
 
 
 def ice_albedo_kernel(
@@ -254,6 +348,212 @@ def ice_albedo_kernel(
     warm = ice_free_albedo + ice_free_albedo_p2 * legendre_p2(sin_latitude)
     ice_fraction = step(freezing_temperature - surface_temperature, transition_width, mode)
     return warm + (ice_covered_albedo - warm) * ice_fraction
+
+
+def ice_albedo(
+    sin_latitude: Tensor,
+    surface_temperature: Tensor,
+    ice_free_albedo: Tensor | float = 0.30,
+    ice_free_albedo_p2: Tensor | float = 0.078,
+    ice_covered_albedo: Tensor | float = 0.62,
+    freezing_temperature: Tensor | float = 263.15,
+    transition_width: Tensor | float = 2.0,
+    mode: GradientMode = "smooth",
+) -> Tensor:
+    """Albedo with the ice–albedo feedback: ``a = a_w(x) + (a_i − a_w(x)) h(T_f − T)``.
+
+    ``a_w(x) = a₀ + a₂ P₂(x)`` is the ice-free albedo (North et al. 1981, Rev. Geophys. 19, 91),
+    ``h`` the ice fraction, a step in ``T_f − T`` of width w from
+    :func:`climgrad.autograd.smooth.step`:
+    ``"smooth"`` gives B3's ``h = ½ (1 − tanh((T − T_f)/w))``, ``"exact"`` the sharp step
+    (T_f gets no gradient), ``"straight_through"`` the sharp step with the tanh derivative backward.
+    Defaults are B3's (a₀ = 0.30, a₂ = 0.078, a_i = 0.62, T_f = −10 °C, w = 2 K).
+
+    Args:
+        sin_latitude: x = sin φ, dimensionless, ``(band,)`` (broadcast with the temperature).
+        surface_temperature: T in K, ``(..., band)``.
+        ice_free_albedo: a₀, dimensionless.
+        ice_free_albedo_p2: a₂, dimensionless (positive: brighter toward the poles).
+        ice_covered_albedo: a_i, dimensionless.
+        freezing_temperature: T_f in K (263.15 K = −10 °C in B3).
+        transition_width: w in K (positive), width of the smooth transition.
+        mode: ``"exact"``, ``"smooth"`` or ``"straight_through"``.
+
+    Returns:
+        Albedo (dimensionless), shape of ``surface_temperature`` broadcast with ``sin_latitude``.
+    """
+    check_mode(mode)
+    check_temperature_tensor("surface_temperature", surface_temperature, minimum=0.0)
+    check_temperature("freezing_temperature", freezing_temperature, minimum=0.0)
+    check_positive("transition_width", transition_width, "K", "B3 uses 2 K.")
+    return ice_albedo_kernel(
+        sin_latitude,
+        surface_temperature,
+        ice_free_albedo,
+        ice_free_albedo_p2,
+        ice_covered_albedo,
+        freezing_temperature,
+        transition_width,
+        mode,
+    )
+
+
+class IceAlbedo(nn.Module):
+    """Temperature-dependent albedo ``a = a₀ + a₂ P₂(x) + (a_i − a₀ − a₂ P₂(x)) h(T_f − T)``.
+
+    Learnable parameters (see the module docstring for liveness by ``mode``):
+
+    * ``ice_free_albedo`` — a₀, dimensionless (B3: 0.30);
+    * ``ice_free_albedo_p2`` — a₂, dimensionless (B3: 0.078);
+    * ``ice_covered_albedo`` — a_i, dimensionless (B3: 0.62);
+    * ``freezing_temperature`` — T_f in K (B3: 263.15 K = −10 °C); dead in ``"exact"`` mode.
+
+    Fixed: ``transition_width`` w in K (buffer, B3: 2 K) and the band sines ``sin_latitude``.
+    """
+
+    transition_width: Tensor
+    sin_latitude: Tensor
+
+    def __init__(
+        self,
+        sin_latitude: Tensor,
+        ice_free_albedo: float | Tensor = 0.30,
+        ice_free_albedo_p2: float | Tensor = 0.078,
+        ice_covered_albedo: float | Tensor = 0.62,
+        freezing_temperature: float | Tensor = 263.15,
+        transition_width: float = 2.0,
+        mode: GradientMode = "smooth",
+    ) -> None:
+        super().__init__()
+        check_mode(mode)
+        check_positive("transition_width", transition_width, "K", "B3 uses 2 K.")
+        check_temperature("freezing_temperature", freezing_temperature, minimum=0.0)
+        dtype = sin_latitude.dtype
+        self.mode: GradientMode = mode
+        self.ice_free_albedo = _as_parameter(ice_free_albedo, dtype)
+        self.ice_free_albedo_p2 = _as_parameter(ice_free_albedo_p2, dtype)
+        self.ice_covered_albedo = _as_parameter(ice_covered_albedo, dtype)
+        self.freezing_temperature = _as_parameter(freezing_temperature, dtype)
+        self.register_buffer("transition_width", torch.as_tensor(transition_width, dtype=dtype))
+        self.register_buffer("sin_latitude", sin_latitude.detach().clone())
+
+    def forward(self, surface_temperature: Tensor) -> Tensor:
+        """Albedo (dimensionless) for T in K, ``(..., band)``."""
+        return ice_albedo_kernel(
+            self.sin_latitude,
+            surface_temperature,
+            self.ice_free_albedo,
+            self.ice_free_albedo_p2,
+            self.ice_covered_albedo,
+            self.freezing_temperature,
+            self.transition_width,
+            self.mode,
+        )
+
+    def ice_fraction(self, surface_temperature: Tensor) -> Tensor:
+        """Ice fraction ``h(T_f − T)`` in [0, 1] (the sharp step in "exact"/"straight_through")."""
+        return step(
+            self.freezing_temperature - surface_temperature, self.transition_width, self.mode
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, transition_width={float(self.transition_width)} K"
+
+
+def absorbed_shortwave(insolation: Tensor, albedo: Tensor) -> Tensor:
+    """Absorbed shortwave radiation ``Q s(x) (1 − a)`` in W m-2.
+
+    Args:
+        insolation: Annual-mean top-of-atmosphere insolation ``Q s(x)`` in W m-2, ``(band,)``
+            (e.g. :func:`climgrad.physics.insolation.annual_mean_insolation_p2`).
+        albedo: Albedo a (dimensionless, in [0, 1]), ``(..., band)``, e.g. from :func:`ice_albedo`.
+
+    Returns:
+        Absorbed shortwave in W m-2, the broadcast shape.
+    """
+    check_positive("insolation", insolation, "W m-2", allow_zero=True)
+    return insolation * (1.0 - albedo)
+
+
+class AbsorbedShortwave(_EnergyBalanceProcess):
+    """Absorbed shortwave ``Q s(x) (1 − a(x, T))`` with the ice–albedo feedback.
+
+    The albedo is the submodule ``albedo`` (:class:`IceAlbedo`); its parameters are this process's
+    learnable parameters, named ``albedo.ice_free_albedo``, ``albedo.ice_free_albedo_p2``,
+    ``albedo.ice_covered_albedo`` and ``albedo.freezing_temperature`` (the last is dead in
+    ``"exact"`` mode; see the table in the module docstring). The insolation is
+    ``S₀ × pattern``: the learnable ``solar_constant`` S₀ (W m-2, live in every mode) times a fixed
+    per-band ``insolation_pattern`` (dimensionless), by default B3's ``340 (1 − 0.482 P₂(x))`` W m-2
+    with S₀ = 1360 W m-2. A state that carries ``insolation`` (W m-2, ``(..., band)``; e.g. daily
+    insolation in a seasonal run) overrides it, and S₀ then plays no part.
+
+    State: ``surface_temperature`` (K, ``(..., band)``), optionally ``insolation``. Diagnostics:
+    ``absorbed_shortwave_radiation`` (W m-2), ``albedo`` and ``ice_fraction`` (h, dimensionless;
+    the sharp step in "exact" and "straight_through" modes). Tendency (with a
+    ``heat_capacity``): ``ASR / C`` in K s-1.
+    """
+
+    insolation_pattern: Tensor
+
+    def __init__(
+        self,
+        grid: LatitudeGrid,
+        insolation: Tensor | None = None,
+        solar_constant: float = 1360.0,
+        ice_free_albedo: float | Tensor = 0.30,
+        ice_free_albedo_p2: float | Tensor = 0.078,
+        ice_covered_albedo: float | Tensor = 0.62,
+        freezing_temperature: float | Tensor = 263.15,
+        transition_width: float = 2.0,
+        mode: GradientMode = "smooth",
+        heat_capacity: float | Tensor | None = None,
+    ) -> None:
+        dtype = grid.sin_latitude.dtype
+        super().__init__(heat_capacity, dtype)
+        if insolation is None:
+            insolation = annual_mean_insolation_p2(grid.sin_latitude, solar_constant=1360.0)
+        _check_bands(insolation, grid, "insolation")
+        check_positive("insolation", insolation, "W m-2", allow_zero=True)
+        check_positive("solar_constant", solar_constant, "W m-2", "About 1361 W m-2 for the Earth.")
+        self.solar_constant = _as_parameter(solar_constant, dtype)
+        pattern = insolation.detach().to(dtype) / solar_constant
+        self.register_buffer("insolation_pattern", pattern.clone())
+        self.albedo = IceAlbedo(
+            grid.sin_latitude,
+            ice_free_albedo,
+            ice_free_albedo_p2,
+            ice_covered_albedo,
+            freezing_temperature,
+            transition_width,
+            mode,
+        )
+
+    @property
+    def insolation(self) -> Tensor:
+        """Top-of-atmosphere insolation ``S₀ × pattern`` in W m-2, ``(band,)``."""
+        return self.solar_constant * self.insolation_pattern
+
+    def heating(self, surface_temperature: Tensor, insolation: Tensor | None = None) -> Tensor:
+        """Absorbed shortwave in W m-2 (``insolation`` in W m-2 overrides the module's)."""
+        incoming = self.insolation if insolation is None else insolation
+        return incoming * (1.0 - self.albedo(surface_temperature))
+
+    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
+        (temperature,) = self.require(state)
+        albedo = self.albedo(temperature)
+        incoming = state["insolation"] if "insolation" in state else self.insolation
+        absorbed = incoming * (1.0 - albedo)
+        diagnostics = {
+            "absorbed_shortwave_radiation": absorbed,
+            "albedo": albedo,
+            "ice_fraction": self.albedo.ice_fraction(temperature),
+        }
+        return self._tendencies(absorbed), diagnostics
+
+
+# ----------------------------------------------------------------------------------------------
+# Meridional diffusion: kernels, the implicit step's custom Function (adjoint backward),
+# public functions, process.
 
 
 def meridional_diffusion_kernel(
@@ -299,10 +599,6 @@ def implicit_diffusion_kernel(
     return thomas_solve_kernel(a, b, c, surface_temperature)
 
 
-# ----------------------------------------------------------------------------------------------
-# Custom Function: the implicit diffusion step with an adjoint backward.
-
-
 class _ImplicitDiffusionFunction(torch.autograd.Function):
     """``T¹ = (I − k𝓛)⁻¹ T⁰``, ``k = Δt D / C``; backward by one transposed tridiagonal solve.
 
@@ -311,12 +607,12 @@ class _ImplicitDiffusionFunction(torch.autograd.Function):
     (from ``∂ℓ/∂θ = −λᵀ (∂A/∂θ) T¹``). Forward mode (``jvp``) solves
     ``A Ṫ¹ = Ṫ⁰ + (Δt/C)(𝓛T¹) Ḋ − (Δt D/C²)(𝓛T¹) Ċ``, so ``torch.func.jvp``/``jacfwd`` work too.
 
-    Why a custom Function (measured, CPU, float64, one thread, 256 × 90 bands, 20 steps,
-    forward + backward): only T¹ and the inputs are saved (3.7 MiB against 38.7 MiB for autograd
-    through the Thomas kernel, which records every elimination step) and it runs 2.1× faster
-    (0.40 s against 0.84 s). Building the matrix with autograd and calling
-    :func:`~climgrad.tridiagonal.solve_tridiagonal` (itself adjoint) costs about the same as this
-    Function, but has no forward mode and no closed-form ∂/∂D, ∂/∂C.
+    Why a custom Function: only T¹ and the inputs are saved, where autograd through the Thomas
+    kernel records every elimination step, and the backward is one transposed solve instead of a
+    replay of the elimination (see ``docs/benchmarks.md`` for the measured memory and time).
+    Building the matrix with autograd and calling :func:`~climgrad.tridiagonal.solve_tridiagonal`
+    (itself adjoint) would cost about the same, but has no forward mode and no closed-form ∂/∂D,
+    ∂/∂C.
     """
 
     generate_vmap_rule = True
@@ -392,102 +688,6 @@ class _ImplicitDiffusionFunction(torch.autograd.Function):
         return solve_tridiagonal(a, b, c, rhs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Public functions.
-
-
-def outgoing_longwave(
-    surface_temperature: Tensor, olr_intercept: Tensor | float, olr_slope: Tensor | float
-) -> Tensor:
-    """Linear outgoing longwave radiation ``OLR = A + B (T − 273.15 K)`` (Budyko 1969).
-
-    The literature's fit ``A + B T`` has T in °C, so A is the OLR at 0 °C (about 203–210 W m-2;
-    Budyko 1969, Tellus 21, 611; North et al. 1981) and B the sensitivity (about 1.9–2.1
-    W m-2 K-1). The state here is in kelvin and is converted inside; A and B keep their usual
-    values. Valid for present-day-like surface temperatures (roughly −50 °C to +40 °C).
-
-    No custom autograd Function: OLR is linear in A, B and T, and autograd's backward is already
-    exact and saves nothing beyond the inputs.
-
-    Args:
-        surface_temperature: T in K (positive), any shape, e.g. ``(band,)`` or ``(batch, band)``.
-        olr_intercept: A, the OLR at 0 °C, in W m-2 (scalar or broadcastable, e.g. per band).
-        olr_slope: B in W m-2 K-1 (scalar or broadcastable).
-
-    Returns:
-        OLR in W m-2, positive upward, the broadcast shape.
-
-    >>> import torch
-    >>> outgoing_longwave(torch.tensor([273.15, 283.15], dtype=torch.float64), 210.0, 2.0)
-    tensor([210., 230.], dtype=torch.float64)
-    """
-    _check_temperature(surface_temperature)
-    return outgoing_longwave_kernel(surface_temperature, olr_intercept, olr_slope)
-
-
-def ice_albedo(
-    sin_latitude: Tensor,
-    surface_temperature: Tensor,
-    ice_free_albedo: Tensor | float = 0.30,
-    ice_free_albedo_p2: Tensor | float = 0.078,
-    ice_covered_albedo: Tensor | float = 0.62,
-    freezing_temperature: Tensor | float = 263.15,
-    transition_width: Tensor | float = 2.0,
-    mode: GradientMode = "smooth",
-) -> Tensor:
-    """Albedo with the ice–albedo feedback: ``a = a_w(x) + (a_i − a_w(x)) h(T_f − T)``.
-
-    ``a_w(x) = a₀ + a₂ P₂(x)`` is the ice-free albedo (North et al. 1981, Rev. Geophys. 19, 91),
-    ``h`` the ice fraction, a step in ``T_f − T`` of width w from
-    :func:`climgrad.autograd.smooth.step`:
-    ``"smooth"`` gives B3's ``h = ½ (1 − tanh((T − T_f)/w))``, ``"exact"`` the sharp step
-    (T_f gets no gradient), ``"straight_through"`` the sharp step with the tanh derivative backward.
-    Defaults are B3's (a₀ = 0.30, a₂ = 0.078, a_i = 0.62, T_f = −10 °C, w = 2 K).
-
-    Args:
-        sin_latitude: x = sin φ, dimensionless, ``(band,)`` (broadcast with the temperature).
-        surface_temperature: T in K, ``(..., band)``.
-        ice_free_albedo: a₀, dimensionless.
-        ice_free_albedo_p2: a₂, dimensionless (positive: brighter toward the poles).
-        ice_covered_albedo: a_i, dimensionless.
-        freezing_temperature: T_f in K (263.15 K = −10 °C in B3).
-        transition_width: w in K (positive), width of the smooth transition.
-        mode: ``"exact"``, ``"smooth"`` or ``"straight_through"``.
-
-    Returns:
-        Albedo (dimensionless), shape of ``surface_temperature`` broadcast with ``sin_latitude``.
-    """
-    check_mode(mode)
-    _check_temperature(surface_temperature)
-    _check_temperature(torch.as_tensor(freezing_temperature), "freezing_temperature")
-    _check_positive(transition_width, "transition_width", "K")
-    return ice_albedo_kernel(
-        sin_latitude,
-        surface_temperature,
-        ice_free_albedo,
-        ice_free_albedo_p2,
-        ice_covered_albedo,
-        freezing_temperature,
-        transition_width,
-        mode,
-    )
-
-
-def absorbed_shortwave(insolation: Tensor, albedo: Tensor) -> Tensor:
-    """Absorbed shortwave radiation ``Q s(x) (1 − a)`` in W m-2.
-
-    Args:
-        insolation: Annual-mean top-of-atmosphere insolation ``Q s(x)`` in W m-2, ``(band,)``
-            (e.g. :func:`climgrad.physics.insolation.annual_mean_insolation_p2`).
-        albedo: Albedo a (dimensionless, in [0, 1]), ``(..., band)``, e.g. from :func:`ice_albedo`.
-
-    Returns:
-        Absorbed shortwave in W m-2, the broadcast shape.
-    """
-    _check_non_negative(insolation, "insolation", "W m-2")
-    return insolation * (1.0 - albedo)
-
-
 def meridional_diffusion(
     surface_temperature: Tensor, diffusivity: Tensor | float, grid: LatitudeGrid
 ) -> Tensor:
@@ -507,9 +707,9 @@ def meridional_diffusion(
     Returns:
         Heating in W m-2, ``(..., band)``.
     """
-    _check_temperature(surface_temperature)
+    check_temperature_tensor("surface_temperature", surface_temperature, minimum=0.0)
     _check_bands(surface_temperature, grid, "surface_temperature")
-    _check_non_negative(diffusivity, "diffusivity", "W m-2 K-1")
+    check_positive("diffusivity", diffusivity, "W m-2 K-1", "B3 uses 0.555.", allow_zero=True)
     grid = grid.to(device=surface_temperature.device, dtype=surface_temperature.dtype)
     return meridional_diffusion_kernel(
         surface_temperature,
@@ -546,11 +746,13 @@ def implicit_meridional_diffusion_step(
     Returns:
         T¹ in K, ``(..., band)``.
     """
-    _check_temperature(surface_temperature)
+    check_temperature_tensor("surface_temperature", surface_temperature, minimum=0.0)
     _check_bands(surface_temperature, grid, "surface_temperature")
-    _check_non_negative(diffusivity, "diffusivity", "W m-2 K-1")
-    _check_positive(heat_capacity, "heat_capacity", "J m-2 K-1")
-    _check_positive(time_step, "time_step", "s")
+    check_positive("diffusivity", diffusivity, "W m-2 K-1", "B3 uses 0.555.", allow_zero=True)
+    check_positive(
+        "heat_capacity", heat_capacity, "J m-2 K-1", "A 50 m ocean mixed layer has 2.1e8."
+    )
+    check_positive("time_step", time_step, "s")
     return _implicit_step(surface_temperature, diffusivity, heat_capacity, time_step, grid)
 
 
@@ -580,211 +782,6 @@ def _implicit_step(
     return result
 
 
-# ----------------------------------------------------------------------------------------------
-# Processes.
-
-
-def _as_parameter(value: float | Tensor, dtype: torch.dtype) -> nn.Parameter:
-    tensor = torch.as_tensor(value, dtype=dtype)
-    return nn.Parameter(tensor.detach().clone())
-
-
-class _EnergyBalanceProcess(Process):
-    """Shared plumbing: the heat capacity and the flux -> tendency conversion."""
-
-    inputs = ("surface_temperature",)
-    heat_capacity: Tensor | None
-
-    def __init__(self, heat_capacity: float | Tensor | None, dtype: torch.dtype) -> None:
-        super().__init__()
-        if heat_capacity is None:
-            self.register_buffer("heat_capacity", None)
-        else:
-            _check_positive(heat_capacity, "heat_capacity", "J m-2 K-1")
-            self.register_buffer("heat_capacity", torch.as_tensor(heat_capacity, dtype=dtype))
-
-    def heating(self, surface_temperature: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Net heating of the surface column by this process, W m-2."""
-        raise NotImplementedError
-
-    def _tendencies(self, heating: Tensor) -> Tendencies:
-        if self.heat_capacity is None:
-            return {}
-        return {"surface_temperature": heating / self.heat_capacity}
-
-
-class OutgoingLongwave(_EnergyBalanceProcess):
-    """Linear outgoing longwave radiation ``OLR = A + B (T − 273.15 K)`` (Budyko 1969).
-
-    Learnable parameters (live in every mode; no threshold):
-
-    * ``olr_intercept`` — A, OLR at 0 °C, W m-2 (B3 truth 210);
-    * ``olr_slope`` — B, W m-2 K-1 (B3 truth 2.0).
-
-    Either may be a field (one value per band) by passing a tensor. State: ``surface_temperature``
-    (K, ``(..., band)``). Diagnostics: ``outgoing_longwave_radiation`` (W m-2, positive up).
-    Tendency (with a ``heat_capacity``): ``−OLR / C`` in K s-1.
-    """
-
-    def __init__(
-        self,
-        olr_intercept: float | Tensor = 210.0,
-        olr_slope: float | Tensor = 2.0,
-        heat_capacity: float | Tensor | None = None,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__(heat_capacity, dtype)
-        self.olr_intercept = _as_parameter(olr_intercept, dtype)
-        self.olr_slope = _as_parameter(olr_slope, dtype)
-
-    def heating(self, surface_temperature: Tensor) -> Tensor:
-        """``−OLR`` in W m-2."""
-        return -outgoing_longwave_kernel(surface_temperature, self.olr_intercept, self.olr_slope)
-
-    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
-        (temperature,) = self.require(state)
-        olr = outgoing_longwave_kernel(temperature, self.olr_intercept, self.olr_slope)
-        return self._tendencies(-olr), {"outgoing_longwave_radiation": olr}
-
-
-class IceAlbedo(nn.Module):
-    """Temperature-dependent albedo ``a = a₀ + a₂ P₂(x) + (a_i − a₀ − a₂ P₂(x)) h(T_f − T)``.
-
-    Learnable parameters (see the module docstring for liveness by ``mode``):
-
-    * ``ice_free_albedo`` — a₀, dimensionless (B3: 0.30);
-    * ``ice_free_albedo_p2`` — a₂, dimensionless (B3: 0.078);
-    * ``ice_covered_albedo`` — a_i, dimensionless (B3: 0.62);
-    * ``freezing_temperature`` — T_f in K (B3: 263.15 K = −10 °C); dead in ``"exact"`` mode.
-
-    Fixed: ``transition_width`` w in K (buffer, B3: 2 K) and the band sines ``sin_latitude``.
-    """
-
-    transition_width: Tensor
-    sin_latitude: Tensor
-
-    def __init__(
-        self,
-        sin_latitude: Tensor,
-        ice_free_albedo: float | Tensor = 0.30,
-        ice_free_albedo_p2: float | Tensor = 0.078,
-        ice_covered_albedo: float | Tensor = 0.62,
-        freezing_temperature: float | Tensor = 263.15,
-        transition_width: float = 2.0,
-        mode: GradientMode = "smooth",
-    ) -> None:
-        super().__init__()
-        check_mode(mode)
-        _check_positive(transition_width, "transition_width", "K")
-        _check_temperature(torch.as_tensor(freezing_temperature), "freezing_temperature")
-        dtype = sin_latitude.dtype
-        self.mode: GradientMode = mode
-        self.ice_free_albedo = _as_parameter(ice_free_albedo, dtype)
-        self.ice_free_albedo_p2 = _as_parameter(ice_free_albedo_p2, dtype)
-        self.ice_covered_albedo = _as_parameter(ice_covered_albedo, dtype)
-        self.freezing_temperature = _as_parameter(freezing_temperature, dtype)
-        self.register_buffer("transition_width", torch.as_tensor(transition_width, dtype=dtype))
-        self.register_buffer("sin_latitude", sin_latitude.detach().clone())
-
-    def forward(self, surface_temperature: Tensor) -> Tensor:
-        """Albedo (dimensionless) for T in K, ``(..., band)``."""
-        return ice_albedo_kernel(
-            self.sin_latitude,
-            surface_temperature,
-            self.ice_free_albedo,
-            self.ice_free_albedo_p2,
-            self.ice_covered_albedo,
-            self.freezing_temperature,
-            self.transition_width,
-            self.mode,
-        )
-
-    def ice_fraction(self, surface_temperature: Tensor) -> Tensor:
-        """Ice fraction ``h(T_f − T)`` in [0, 1] (the sharp step in "exact"/"straight_through")."""
-        return step(
-            self.freezing_temperature - surface_temperature, self.transition_width, self.mode
-        )
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, transition_width={float(self.transition_width)} K"
-
-
-class AbsorbedShortwave(_EnergyBalanceProcess):
-    """Absorbed shortwave ``Q s(x) (1 − a(x, T))`` with the ice–albedo feedback.
-
-    The albedo is the submodule ``albedo`` (:class:`IceAlbedo`); its parameters are this process's
-    learnable parameters, named ``albedo.ice_free_albedo``, ``albedo.ice_free_albedo_p2``,
-    ``albedo.ice_covered_albedo`` and ``albedo.freezing_temperature`` (the last is dead in
-    ``"exact"`` mode; see the table in the module docstring). The insolation is
-    ``S₀ × pattern``: the learnable ``solar_constant`` S₀ (W m-2, live in every mode) times a fixed
-    per-band ``insolation_pattern`` (dimensionless), by default B3's ``340 (1 − 0.482 P₂(x))`` W m-2
-    with S₀ = 1360 W m-2. A state that carries ``insolation`` (W m-2, ``(..., band)``; e.g. daily
-    insolation in a seasonal run) overrides it, and S₀ then plays no part.
-
-    State: ``surface_temperature`` (K, ``(..., band)``), optionally ``insolation``. Diagnostics:
-    ``absorbed_shortwave_radiation`` (W m-2), ``albedo`` and ``ice_fraction`` (h, dimensionless;
-    the sharp step in "exact" and "straight_through" modes). Tendency (with a
-    ``heat_capacity``): ``ASR / C`` in K s-1.
-    """
-
-    insolation_pattern: Tensor
-
-    def __init__(
-        self,
-        grid: LatitudeGrid,
-        insolation: Tensor | None = None,
-        solar_constant: float = 1360.0,
-        ice_free_albedo: float | Tensor = 0.30,
-        ice_free_albedo_p2: float | Tensor = 0.078,
-        ice_covered_albedo: float | Tensor = 0.62,
-        freezing_temperature: float | Tensor = 263.15,
-        transition_width: float = 2.0,
-        mode: GradientMode = "smooth",
-        heat_capacity: float | Tensor | None = None,
-    ) -> None:
-        dtype = grid.sin_latitude.dtype
-        super().__init__(heat_capacity, dtype)
-        if insolation is None:
-            insolation = annual_mean_insolation_p2(grid.sin_latitude, solar_constant=1360.0)
-        _check_bands(insolation, grid, "insolation")
-        _check_non_negative(insolation, "insolation", "W m-2")
-        _check_positive(solar_constant, "solar_constant", "W m-2")
-        self.solar_constant = _as_parameter(solar_constant, dtype)
-        pattern = insolation.detach().to(dtype) / solar_constant
-        self.register_buffer("insolation_pattern", pattern.clone())
-        self.albedo = IceAlbedo(
-            grid.sin_latitude,
-            ice_free_albedo,
-            ice_free_albedo_p2,
-            ice_covered_albedo,
-            freezing_temperature,
-            transition_width,
-            mode,
-        )
-
-    @property
-    def insolation(self) -> Tensor:
-        """Top-of-atmosphere insolation ``S₀ × pattern`` in W m-2, ``(band,)``."""
-        return self.solar_constant * self.insolation_pattern
-
-    def heating(self, surface_temperature: Tensor, insolation: Tensor | None = None) -> Tensor:
-        """Absorbed shortwave in W m-2 (``insolation`` in W m-2 overrides the module's)."""
-        incoming = self.insolation if insolation is None else insolation
-        return incoming * (1.0 - self.albedo(surface_temperature))
-
-    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
-        (temperature,) = self.require(state)
-        albedo = self.albedo(temperature)
-        incoming = state["insolation"] if "insolation" in state else self.insolation
-        absorbed = incoming * (1.0 - albedo)
-        diagnostics = {
-            "absorbed_shortwave_radiation": absorbed,
-            "albedo": albedo,
-            "ice_fraction": self.albedo.ice_fraction(temperature),
-        }
-        return self._tendencies(absorbed), diagnostics
-
-
 class MeridionalDiffusion(_EnergyBalanceProcess):
     """Meridional heat diffusion ``D ∂/∂x ((1 − x²) ∂T/∂x)`` with no flux through the poles.
 
@@ -810,7 +807,7 @@ class MeridionalDiffusion(_EnergyBalanceProcess):
     ) -> None:
         dtype = grid.cos_latitude.dtype
         super().__init__(heat_capacity, dtype)
-        _check_non_negative(diffusivity, "diffusivity", "W m-2 K-1")
+        check_positive("diffusivity", diffusivity, "W m-2 K-1", "B3 uses 0.555.", allow_zero=True)
         self.diffusivity = _as_parameter(diffusivity, dtype)
         self.band_width = grid.band_width
         # Buffers, so that .to(device) moves the grid with the module.
@@ -864,17 +861,3 @@ class MeridionalDiffusion(_EnergyBalanceProcess):
             )
         _check_bands(surface_temperature, self.grid, "surface_temperature")
         return _implicit_step(surface_temperature, self.diffusivity, capacity, time_step, self.grid)
-
-
-__all__ = [
-    "AbsorbedShortwave",
-    "IceAlbedo",
-    "LatitudeGrid",
-    "MeridionalDiffusion",
-    "OutgoingLongwave",
-    "absorbed_shortwave",
-    "ice_albedo",
-    "implicit_meridional_diffusion_step",
-    "meridional_diffusion",
-    "outgoing_longwave",
-]

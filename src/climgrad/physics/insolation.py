@@ -26,8 +26,8 @@ annual mean gives s₂ ≈ −0.477, and the P₂ form is within 3 % of S₀/4 o
 
 Gradients: every insolation is linear in the solar constant, ``Q = S₀ q(φ, orbit)``, so the
 gradient with respect to S₀ is ``q`` itself. Plain autograd of the product already computes exactly
-that and saves exactly ``q``, so a custom ``autograd.Function`` would not earn its place here
-(measured: same saved bytes, same backward). The kernels are also written so that gradients with
+that and saves exactly ``q``, so a custom ``autograd.Function`` could save nothing and run the same
+backward: it would not earn its place here. The kernels are also written so that gradients with
 respect to latitude and orbital parameters are finite everywhere (no NaN from ``arccos`` or
 ``sqrt`` at the edges of polar day and night, where the true derivative is infinite and is
 replaced by zero, or by a large finite value).
@@ -44,6 +44,22 @@ import torch
 from torch import Tensor
 
 from climgrad.constants import Constant, solar_constant
+from climgrad.validation import check_count, check_positive, check_range
+
+__all__ = [
+    "annual_mean_insolation",
+    "annual_mean_insolation_p2",
+    "daily_mean_cosine_zenith",
+    "daily_mean_insolation",
+    "days_per_year",
+    "legendre_p2",
+    "march_equinox_day",
+    "north_p2_coefficient",
+    "present_day_eccentricity",
+    "present_day_longitude_of_perihelion",
+    "present_day_obliquity",
+    "solar_longitude",
+]
 
 present_day_eccentricity = Constant(
     0.0167086,
@@ -110,29 +126,29 @@ def _float_dtype(*values: float | Tensor) -> torch.dtype:
 
 
 def _check_solar_constant(solar_constant: float | Tensor) -> None:
-    minimum = float(torch.as_tensor(solar_constant).detach().min())
-    if not minimum > 0:
-        raise ValueError(
-            f"`solar_constant` must be positive (W m-2); got a minimum of {minimum}. "
-            "Pass the total solar irradiance at 1 AU, about 1361 W m-2 for the Earth."
-        )
+    check_positive(
+        "solar_constant",
+        solar_constant,
+        "W m-2",
+        "Pass the total solar irradiance at 1 AU, about 1361 W m-2 for the Earth.",
+    )
 
 
 def _check_latitude(latitude: Tensor) -> None:
-    if latitude.numel() and float(latitude.detach().abs().max()) > 90.0:
-        raise ValueError(
-            "`latitude` must lie in [-90, 90] degrees north; got a maximum magnitude of "
-            f"{float(latitude.detach().abs().max()):.6g}. Convert radians with torch.rad2deg."
-        )
+    check_range(
+        "latitude", latitude, -90.0, 90.0, "degrees north", "Convert radians with torch.rad2deg."
+    )
 
 
 def _check_eccentricity(eccentricity: float | Tensor) -> None:
-    values = torch.as_tensor(eccentricity).detach()
-    if bool((values < 0).any()) or bool((values >= 1).any()):
-        raise ValueError(
-            f"`eccentricity` must lie in [0, 1); got {values.min().item()} .. "
-            f"{values.max().item()}. The Earth's varies between about 0 and 0.06."
-        )
+    check_range(
+        "eccentricity",
+        eccentricity,
+        0.0,
+        1.0,
+        hint="The Earth's varies between about 0 and 0.06.",
+        include_upper=False,
+    )
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
@@ -267,11 +283,7 @@ def annual_mean_insolation_p2(
     >>> annual_mean_insolation_p2(torch.tensor([0.0]), solar_constant=1360.0)
     tensor([421.9400])
     """
-    if sin_latitude.numel() and float(sin_latitude.detach().abs().max()) > 1.0:
-        raise ValueError(
-            "`sin_latitude` must lie in [-1, 1]; got a maximum magnitude of "
-            f"{float(sin_latitude.detach().abs().max()):.6g}. Pass sin(latitude), not latitude."
-        )
+    check_range("sin_latitude", sin_latitude, -1.0, 1.0, hint="Pass sin(latitude), not latitude.")
     _check_solar_constant(solar_constant)
     return annual_mean_insolation_p2_kernel(sin_latitude, solar_constant, p2_coefficient)
 
@@ -309,8 +321,7 @@ def annual_mean_insolation(
     _check_latitude(latitude)
     _check_solar_constant(solar_constant)
     _check_eccentricity(eccentricity)
-    if quadrature_points < 8:
-        raise ValueError(f"`quadrature_points` must be at least 8; got {quadrature_points}.")
+    check_count("quadrature_points", quadrature_points, 8)
     return annual_mean_insolation_kernel(
         torch.deg2rad(latitude),
         solar_constant,
@@ -457,19 +468,3 @@ def daily_mean_cosine_zenith(
     second = a * a * h0 + 2.0 * a * b * torch.sin(h0) + b * b * (h0 / 2 + torch.sin(2 * h0) / 4)
     positive = first > 0
     return torch.where(positive, second / torch.where(positive, first, 1.0), 0.0)
-
-
-__all__ = [
-    "annual_mean_insolation",
-    "annual_mean_insolation_p2",
-    "daily_mean_cosine_zenith",
-    "daily_mean_insolation",
-    "days_per_year",
-    "legendre_p2",
-    "march_equinox_day",
-    "north_p2_coefficient",
-    "present_day_eccentricity",
-    "present_day_longitude_of_perihelion",
-    "present_day_obliquity",
-    "solar_longitude",
-]

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from climgrad.typing import Diagnostics, State, Tendencies
 
+__all__ = ["Process"]
+
 
 class Process(nn.Module):
     """Base class of every physical process.

@@ -23,7 +23,7 @@ is ``t_k = exp(-(τ_{k+1} - τ_k))`` and the layer emits ``(1 - t_k) σ T_k⁴``
     D_{k+1} = t_k D_k + (1 - t_k) B_k, \\qquad U_k = t_k U_{k+1} + (1 - t_k) B_k,
     \\qquad B_k = \\sigma T_k^4,
 
-exactly the discretisation of benchmark B2 (``shared/benchmarks.md``, B2.4 steps 1 to 6 and 9).
+exactly the discretisation of benchmark B2.4, steps 1 to 6 and 9, of ``docs/benchmark_problems.md``.
 Heating rates follow from the divergence of the net upward flux ``F = U - D``:
 ``dT_k/dt = g (F_{k+1} - F_k) / (c_p Δp_k)``. Shortwave radiation is absorbed at the surface only:
 ``(1 - α) Q`` with surface albedo ``α`` and insolation ``Q``.
@@ -54,8 +54,13 @@ from torch import Tensor, nn
 
 from climgrad.constants import gravity, heat_capacity_dry_air, stefan_boltzmann
 from climgrad.physics.process import Process
-from climgrad.physics.thermo import check_positive
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    check_interface_pressure,
+    check_last_dimension,
+    check_positive,
+    check_temperature_tensor,
+)
 
 __all__ = [
     "GrayRadiation",
@@ -362,13 +367,6 @@ class _EmissionOperatorFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_temperature(name: str, value: Tensor) -> None:
-    if not torch.is_floating_point(value):
-        raise TypeError(f"`{name}` must be a floating-point tensor in K; got dtype {value.dtype}.")
-    # Skips itself under torch.func transforms and torch.compile (data-dependent control flow).
-    check_positive(name, value, "K", "Convert degC to K by adding 273.15.")
-
-
 def emission_operator(
     layer_temperature: Tensor, surface_temperature: Tensor, matrix: Tensor, surface_vector: Tensor
 ) -> Tensor:
@@ -422,19 +420,24 @@ def gray_longwave_fluxes(
     >>> bool(torch.allclose(up, torch.full_like(up, 5.670374419e-8 * 250.0**4)))
     True
     """
-    _check_temperature("layer_temperature", layer_temperature)
-    _check_temperature("surface_temperature", surface_temperature)
+    for name, temperature in (
+        ("layer_temperature", layer_temperature),
+        ("surface_temperature", surface_temperature),
+    ):
+        check_temperature_tensor(name, temperature, minimum=0.0)
     levels = layer_temperature.shape[-1]
     if layer_temperature.shape[:-1] != surface_temperature.shape:
         raise ValueError(
             "`surface_temperature` must have the leading (column) shape of `layer_temperature`; "
             f"got {tuple(surface_temperature.shape)} and {tuple(layer_temperature.shape)}."
         )
-    if optical_depth.shape[-1] != levels + 1:
-        raise ValueError(
-            f"`optical_depth` lives on the {levels + 1} interfaces of {levels} layers; got last "
-            f"dimension {optical_depth.shape[-1]}. Build it with `interface_optical_depth`."
-        )
+    check_last_dimension(
+        "optical_depth",
+        optical_depth,
+        levels + 1,
+        f"interfaces (around the {levels} layers)",
+        "Build it with `interface_optical_depth`.",
+    )
     if optical_depth.dim() > 1 and optical_depth.shape[:-1] != layer_temperature.shape[:-1]:
         raise ValueError(
             "`optical_depth` must be (level + 1,) or have the column shape of `layer_temperature` "
@@ -494,24 +497,6 @@ def absorbed_shortwave(insolation: Tensor, surface_albedo: Tensor | float) -> Te
 # --------------------------------------------------------------------------------------------------
 
 
-def check_interface_pressure(interface_pressure: Tensor) -> Tensor:
-    """Validate interface pressures ``(level + 1,)`` in Pa, top first; return them as a tensor.
-
-    A floating tensor keeps its dtype (float64 stays float64); anything else becomes float64.
-    """
-    pressure = torch.as_tensor(interface_pressure)
-    if not pressure.is_floating_point():
-        pressure = pressure.to(torch.float64)
-    if pressure.dim() != 1 or pressure.numel() < 2:
-        raise ValueError("`interface_pressure` must be 1-D with at least 2 interfaces (Pa).")
-    if bool((pressure[1:] <= pressure[:-1]).any()) or float(pressure[0]) < 0:
-        raise ValueError(
-            "`interface_pressure` must be >= 0 and strictly increase from the top of the "
-            "atmosphere to the surface (Pa); reverse it if it runs from the surface up."
-        )
-    return pressure
-
-
 class GrayRadiation(Process):
     """Gray radiation of a column: longwave heating of the layers and the surface energy budget.
 
@@ -550,8 +535,9 @@ class GrayRadiation(Process):
     ) -> None:
         super().__init__()
         pressure = check_interface_pressure(interface_pressure)
-        if surface_heat_capacity <= 0:
-            raise ValueError("`surface_heat_capacity` must be positive (J m-2 K-1).")
+        check_positive(
+            "surface_heat_capacity", surface_heat_capacity, "J m-2 K-1", "1e7 is 2.4 m of water."
+        )
         self.register_buffer("interface_pressure", pressure)
         self.surface_heat_capacity = float(surface_heat_capacity)
         #: τ₀, longwave optical depth at the surface pressure (dimensionless).

@@ -8,7 +8,8 @@ Linux); autograd cannot see inside it. climgrad wraps it with :func:`climgrad.au
 
 * the *kernel* (:class:`RRTMGKernel`) calls climt's component on NumPy arrays, **all columns in one
   call**, through the component's ``array_call`` on a raw state that is built once per grid shape
-  and overwritten in place (the sympl ``DataArray`` path costs ten times the Fortran itself);
+  and overwritten in place (the sympl ``DataArray`` path costs far more than the Fortran itself;
+  see ``docs/benchmarks.md``);
 * the *Function* is ``external(kernel, structure="column")``: its backward takes central finite
   differences that perturb one level in every column at once, so a backward costs ``2 L`` calls per
   differentiated profile and 2 per differentiated scalar or per-column input, **whatever the number
@@ -45,8 +46,20 @@ from climgrad.autograd.external import ExternalFunction, external
 from climgrad.constants import Constant
 from climgrad.constants import solar_constant as default_solar_constant
 from climgrad.physics.process import Process
-from climgrad.physics.radiation import check_interface_pressure, radiative_heating_rate
+from climgrad.physics.radiation import radiative_heating_rate
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    HUMIDITY_HINT,
+    check_choice,
+    check_finite,
+    check_interface_pressure,
+    check_last_dimension,
+    check_not_scalar,
+    check_positive,
+    check_pressure_levels,
+    check_range,
+    check_temperature,
+)
 
 __all__ = [
     "DEFAULT_MOLE_FRACTIONS",
@@ -107,12 +120,11 @@ DEFAULT_MOLE_FRACTIONS: dict[str, float] = {
     "cfc22": 0.0,
     "carbon_tetrachloride": 0.0,
 }
-#: Relative finite-difference step of the backward pass (measured, see ``docs/rrtmg.md``).
-#: RRTMG's fluxes are a fine staircase (table look-ups of transmittance and of the absorber
-#: amounts; steps of about 1e-5 to 1e-4 W m-2), so the default ``eps**(1/3)`` step differences
-#: the noise; 1 % (3 K in temperature) is where central differences are most accurate: about
-#: 1e-3 relative for temperature, 1e-2 for humidity and gases. The probes run in float64
-#: (``fd_dtype``) whatever the tensors' dtype, as RRTMG does.
+#: Relative finite-difference step of the backward pass. RRTMG's fluxes are a fine staircase
+#: (table look-ups of transmittance and of the absorber amounts), so the default ``eps**(1/3)``
+#: step differences the noise; 1 % (3 K in temperature) is where central differences were found
+#: most accurate (the measured accuracy is in ``docs/rrtmg.md`` and ``docs/benchmarks.md``). The
+#: probes run in float64 (``fd_dtype``) whatever the tensors' dtype, as RRTMG does.
 DEFAULT_REL_STEP = 1.0e-2
 
 
@@ -165,7 +177,8 @@ class RRTMGKernel:
 
     The raw climt state (clouds and aerosols zero, surface emissivity 1) is built once per grid
     shape from ``climt.get_default_state`` and its arrays are overwritten on every call, which
-    skips sympl's unit and dimension handling (about 20 ms per call) and leaves the Fortran.
+    skips sympl's unit and dimension handling (costlier than the Fortran; see
+    ``docs/benchmarks.md``) and leaves the Fortran.
 
     Args:
         band: ``"longwave"`` or ``"shortwave"``.
@@ -174,8 +187,7 @@ class RRTMGKernel:
     """
 
     def __init__(self, band: Band, solar_constant: float = float(default_solar_constant)) -> None:
-        if band not in ("longwave", "shortwave"):
-            raise ValueError(f"`band` must be 'longwave' or 'shortwave'; got {band!r}.")
+        check_choice("band", band, ("longwave", "shortwave"))
         climt = _import_climt()
         import sympl
 
@@ -300,15 +312,6 @@ def _default_operator(band: Band) -> ExternalFunction:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_finite_positive(name: str, value: Tensor, hint: str) -> None:
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"`{name}` must be finite; got NaN or inf. Mask missing values first.")
-    if bool((value <= 0).any()):
-        raise ValueError(
-            f"`{name}` must be positive; got a minimum of {float(value.detach().min()):.4g}. {hint}"
-        )
-
-
 def _prepare(
     temperature: Tensor,
     specific_humidity: Tensor,
@@ -318,34 +321,27 @@ def _prepare(
     layer_pressure: Tensor | None,
 ) -> tuple[tuple[int, ...], list[Tensor]]:
     """Validate, cast to the temperature's dtype and flatten the column dimensions."""
-    if temperature.dim() < 1:
-        raise ValueError("`temperature` must be (column, level) or (level,) in K.")
+    check_not_scalar("temperature", temperature, "the levels", "Give it as (column, level) in K.")
     dtype, device = temperature.dtype, temperature.device
     batch, levels = tuple(temperature.shape[:-1]), temperature.shape[-1]
     columns = int(np.prod(batch)) if batch else 1
-    _check_finite_positive("temperature", temperature, "Convert degC to K by adding 273.15.")
-    _check_finite_positive(
-        "surface_temperature", surface_temperature, "Convert degC to K by adding 273.15."
+    for name, value in (("temperature", temperature), ("surface_temperature", surface_temperature)):
+        check_finite(name, value)
+        check_temperature(name, value, minimum=0.0)
+    check_positive(
+        "specific_humidity",
+        specific_humidity,
+        "kg kg-1",
+        f"Clip negative values (`q.clamp(min=0)`). {HUMIDITY_HINT}",
+        allow_zero=True,
+        finite=True,
     )
-    if bool((specific_humidity < 0).any()) or not bool(torch.isfinite(specific_humidity).all()):
-        raise ValueError(
-            "`specific_humidity` must be finite and >= 0 (kg kg-1); clip negative values "
-            "(`q.clamp(min=0)`) or convert g kg-1 to kg kg-1 by dividing by 1000."
-        )
-    if bool((ozone_mass_mixing_ratio < 0).any()):
-        raise ValueError("`ozone_mass_mixing_ratio` must be >= 0 (kg kg-1).")
+    check_positive("ozone_mass_mixing_ratio", ozone_mass_mixing_ratio, "kg kg-1", allow_zero=True)
     pressure = interface_pressure.to(device=device, dtype=dtype)
-    if pressure.shape[-1] != levels + 1:
-        raise ValueError(
-            f"`interface_pressure` lives on the {levels + 1} interfaces of {levels} levels; got "
-            f"last dimension {pressure.shape[-1]}."
-        )
-    if bool((pressure[..., 1:] <= pressure[..., :-1]).any()) or bool((pressure < 0).any()):
-        raise ValueError(
-            "`interface_pressure` must be >= 0 and strictly increase from the top of the "
-            "atmosphere to the surface (Pa); reverse it if it runs from the surface up, and "
-            "convert hPa to Pa by multiplying by 100."
-        )
+    check_last_dimension(
+        "interface_pressure", pressure, levels + 1, f"interfaces (around the {levels} levels)"
+    )
+    check_pressure_levels("interface_pressure", pressure, zero_at_top=True)
     if layer_pressure is None:
         layer_pressure = 0.5 * (pressure[..., 1:] + pressure[..., :-1])
     layer_pressure = layer_pressure.to(device=device, dtype=dtype)
@@ -384,11 +380,14 @@ def _gas_tensors(
     for name in names:
         value = torch.as_tensor(given.get(name, DEFAULT_MOLE_FRACTIONS[name]))
         value = value.to(device=like.device, dtype=like.dtype)
-        if bool((value < 0).any()) or bool((value > 1).any()):
-            raise ValueError(
-                f"The mole fraction of {name} must lie in [0, 1] (mol mol-1); got "
-                f"{value.detach().cpu().numpy()}. Convert ppm to mol mol-1 by multiplying by 1e-6."
-            )
+        check_range(
+            f"mole_fractions[{name!r}]",
+            value,
+            0.0,
+            1.0,
+            "mol mol-1",
+            "Convert ppm to mol mol-1 by multiplying by 1e-6.",
+        )
         tensors.append(value if value.dim() == 0 else value.reshape(-1))
     return tensors
 
@@ -486,15 +485,13 @@ def rrtmg_shortwave_fluxes(
     )
     columns = arrays[2].shape[0]
     albedo = torch.as_tensor(surface_albedo).to(device=temperature.device, dtype=temperature.dtype)
-    if bool((albedo < 0).any()) or bool((albedo > 1).any()):
-        raise ValueError(f"`surface_albedo` must lie in [0, 1]; got {albedo.detach().cpu()}.")
+    check_range("surface_albedo", albedo, 0.0, 1.0, hint="Give a fraction, not per cent.")
     cosine = torch.as_tensor(cosine_solar_zenith_angle).to(
         device=temperature.device, dtype=temperature.dtype
     )
-    if bool((cosine.abs() > 1).any()):
-        raise ValueError(
-            "`cosine_solar_zenith_angle` must lie in [-1, 1]; pass cos(zenith), not the angle."
-        )
+    check_range(
+        "cosine_solar_zenith_angle", cosine, -1.0, 1.0, hint="Pass cos(zenith), not the angle."
+    )
     if albedo.dim() > 0:
         albedo = albedo.expand(batch).reshape(columns)
     if cosine.dim() > 0:
@@ -532,17 +529,20 @@ class _RRTMGProcess(Process):
     ) -> None:
         super().__init__()
         pressure = check_interface_pressure(interface_pressure)
-        if surface_heat_capacity is not None and surface_heat_capacity <= 0:
-            raise ValueError("`surface_heat_capacity` must be positive (J m-2 K-1) or None.")
+        if surface_heat_capacity is not None:
+            check_positive(
+                "surface_heat_capacity",
+                surface_heat_capacity,
+                "J m-2 K-1",
+                "Or pass None to leave the surface to other processes.",
+            )
         self.register_buffer("interface_pressure", pressure)
         ozone = None
         if ozone_mass_mixing_ratio is not None:
             ozone = torch.as_tensor(ozone_mass_mixing_ratio, dtype=torch.get_default_dtype())
-            if ozone.shape[-1] != pressure.numel() - 1:
-                raise ValueError(
-                    f"`ozone_mass_mixing_ratio` needs one value per level ({pressure.numel() - 1});"
-                    f" got shape {tuple(ozone.shape)}."
-                )
+            check_last_dimension(
+                "ozone_mass_mixing_ratio", ozone, pressure.numel() - 1, "levels (one value each)"
+            )
         self.register_buffer("ozone_mass_mixing_ratio", ozone)
         self.surface_heat_capacity = surface_heat_capacity
         values = dict(DEFAULT_MOLE_FRACTIONS)
@@ -695,8 +695,9 @@ class RRTMGShortwave(_RRTMGProcess):
             rel_step,
             solar_constant,
         )
-        if not 0.0 <= surface_albedo <= 1.0:
-            raise ValueError(f"`surface_albedo` must lie in [0, 1]; got {surface_albedo}.")
+        check_range(
+            "surface_albedo", surface_albedo, 0.0, 1.0, hint="Give a fraction, not per cent."
+        )
         #: Broadband surface albedo for direct and diffuse shortwave (dimensionless, 0 to 1).
         self.surface_albedo = nn.Parameter(torch.tensor(float(surface_albedo)))
 
@@ -712,8 +713,7 @@ class RRTMGShortwave(_RRTMGProcess):
         daily_mean_cosine_zenith`). Columns with ``μ₀ <= 0`` get zero.
         """
         insolation = torch.as_tensor(insolation).to(upward)
-        if bool((insolation < 0).any()) or not bool(torch.isfinite(insolation).all()):
-            raise ValueError("`insolation` must be finite and >= 0 (W m-2).")
+        check_positive("insolation", insolation, "W m-2", allow_zero=True, finite=True)
         solar = float(self.operator.fn.solar_constant)  # type: ignore[attr-defined]
         mu = torch.as_tensor(cosine).to(upward)
         lit = mu > 0

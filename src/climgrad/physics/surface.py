@@ -29,24 +29,41 @@ from climgrad.constants import (
     gravity,
     heat_capacity_dry_air,
     latent_heat_vaporization,
+    stefan_boltzmann,
 )
 from climgrad.physics.process import Process
 from climgrad.physics.thermo import (
-    _HUMIDITY_HINT,
-    _PASCAL_HINT,
     SATURATION_FORMULAS,
     SaturationFormula,
     air_density,
-    as_tensors,
-    check_positive,
-    check_saturation_defined,
-    check_temperature,
     saturation_specific_humidity_derivatives,
     saturation_specific_humidity_kernel,
 )
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    HUMIDITY_HINT,
+    PASCAL_HINT,
+    as_tensors,
+    check_choice,
+    check_positive,
+    check_range,
+    check_saturation_defined,
+    check_temperature,
+)
 
-_WIND_HINT = "Wind speed is a magnitude; use sqrt(u**2 + v**2) for components."
+__all__ = [
+    "SurfaceFluxes",
+    "bulk_richardson_number",
+    "effective_wind_speed",
+    "latent_heat_flux",
+    "sensible_heat_flux",
+    "skin_temperature",
+    "stability_correction",
+]
+
+_WIND_HINT = (
+    "Wind speed is a magnitude (use sqrt(u**2 + v**2) for components); set calm winds to 0."
+)
 _COEFFICIENT_HINT = "Exchange coefficients are small positive numbers, about 1e-3."
 
 # --------------------------------------------------------------------------------------------------
@@ -75,10 +92,10 @@ def sensible_heat_flux_kernel(
 class _SensibleHeatFluxFunction(torch.autograd.Function):
     """H = ρ c_p C_H V (T_s - T_a) with a fused backward.
 
-    The backward saves only the six inputs (autograd through the kernel also keeps the partial
-    products: 30.5 against 45.8 MiB for 10^6 float64 points with scalar ``C_H`` and ``c_p``) and
-    forms the gradients from two shared factors. It is not faster than autograd on the CPU (this
-    product is memory-bound). It is written in differentiable torch, so double backward works.
+    The backward saves only the six inputs, where autograd through the kernel also keeps the
+    partial products, and forms the gradients from two shared factors: the Function earns its
+    place by memory, not speed (the product is memory-bound; see ``docs/benchmarks.md`` for the
+    measured memory and time). It is written in differentiable torch, so double backward works.
     """
 
     generate_vmap_rule = True
@@ -172,10 +189,15 @@ def sensible_heat_flux(
     :func:`effective_wind_speed`; for a stability correction multiply ``exchange_coefficient`` by
     :func:`stability_correction`.
 
+    Regime of the wind: calm (exactly 0, no flux) to a few tens of m s-1, finite. ``H`` is exactly
+    linear in ``V`` with no floor, so a wind far below any anemometer's resolution gives a flux
+    that float arithmetic may round to 0 (for a subnormal ``V`` such as 5e-324 m s-1 it does):
+    set calm winds to 0, or pass :func:`effective_wind_speed`.
+
     Args:
         surface_temperature: Skin (surface) temperature ``T_s`` in K.
         air_temperature: Air temperature ``T_a`` at the reference height (lowest level) in K.
-        wind_speed: Wind speed ``V`` at the reference height in m s-1 (non-negative).
+        wind_speed: Wind speed ``V`` at the reference height in m s-1 (non-negative, finite).
         exchange_coefficient: Heat exchange (Stanton) coefficient ``C_H``, dimensionless,
             non-negative; about 1e-3 over the ocean at 10 m, several 1e-3 over land.
         air_density: Air density ``ρ`` in kg m-3 (positive).
@@ -192,7 +214,7 @@ def sensible_heat_flux(
     # Checked before conversion: numbers are checked in Python, at no tensor cost.
     check_temperature("surface_temperature", surface_temperature)
     check_temperature("air_temperature", air_temperature)
-    check_positive("wind_speed", wind_speed, "m s-1", _WIND_HINT, allow_zero=True)
+    check_positive("wind_speed", wind_speed, "m s-1", _WIND_HINT, allow_zero=True, finite=True)
     check_positive(
         "exchange_coefficient", exchange_coefficient, "1", _COEFFICIENT_HINT, allow_zero=True
     )
@@ -241,10 +263,10 @@ def latent_heat_flux_kernel(
 class _LatentHeatFluxFunction(torch.autograd.Function):
     """E = ρ L C_E V (q_s(T_s, p_s) - q_a) with the analytic derivatives of q_s.
 
-    Saves the inputs only and recomputes q_s and its partial derivatives in the backward: 38 MiB
-    saved against autograd's 84 MiB for 10^6 float64 points, at the price of recomputing the
-    exponential (about 1.4x autograd's time on the CPU). Written in differentiable torch, so
-    double backward works.
+    Saves the inputs only and recomputes q_s and its partial derivatives in the backward: less
+    memory than autograd, which keeps the intermediates of q_s, at the price of recomputing the
+    exponential (see ``docs/benchmarks.md`` for the measured memory and time). Written in
+    differentiable torch, so double backward works.
     """
 
     generate_vmap_rule = True
@@ -353,7 +375,8 @@ def latent_heat_flux(
     Args:
         surface_temperature: Skin (surface) temperature ``T_s`` in K.
         specific_humidity: Specific humidity ``q_a`` at the reference height in kg kg-1.
-        wind_speed: Wind speed ``V`` at the reference height in m s-1 (non-negative).
+        wind_speed: Wind speed ``V`` at the reference height in m s-1 (non-negative, finite; see
+            :func:`sensible_heat_flux` for the regime).
         exchange_coefficient: Moisture exchange (Dalton) coefficient ``C_E``, dimensionless.
         air_density: Air density ``ρ`` in kg m-3.
         surface_pressure: Surface pressure ``p_s`` in Pa.
@@ -369,18 +392,17 @@ def latent_heat_flux(
     >>> round(float(flux), 1)
     125.7
     """
-    if formula not in SATURATION_FORMULAS:
-        raise ValueError(f"Unknown formula {formula!r}; use one of {list(SATURATION_FORMULAS)}.")
+    check_choice("formula", formula, SATURATION_FORMULAS)
     check_temperature("surface_temperature", surface_temperature)
     check_positive(
-        "specific_humidity", specific_humidity, "kg kg-1", _HUMIDITY_HINT, allow_zero=True
+        "specific_humidity", specific_humidity, "kg kg-1", HUMIDITY_HINT, allow_zero=True
     )
-    check_positive("wind_speed", wind_speed, "m s-1", _WIND_HINT, allow_zero=True)
+    check_positive("wind_speed", wind_speed, "m s-1", _WIND_HINT, allow_zero=True, finite=True)
     check_positive(
         "exchange_coefficient", exchange_coefficient, "1", _COEFFICIENT_HINT, allow_zero=True
     )
     check_positive("air_density", air_density, "kg m-3", "Air density near the surface is ~1.2.")
-    check_positive("surface_pressure", surface_pressure, "Pa", _PASCAL_HINT)
+    check_positive("surface_pressure", surface_pressure, "Pa", PASCAL_HINT)
     check_positive("latent_heat", latent_heat, "J kg-1", "Water has 2.501e6 J kg-1 at 0 degC.")
     ts, qa, wind, coefficient, density, ps, latent = as_tensors(
         surface_temperature,
@@ -413,14 +435,14 @@ def effective_wind_speed(wind_speed: Tensor | float, gustiness: Tensor | float =
     about 1 m s-1). Smooth in ``V`` for ``w_g > 0``.
 
     Args:
-        wind_speed: Mean wind speed in m s-1 (non-negative).
+        wind_speed: Mean wind speed in m s-1 (non-negative, finite).
         gustiness: Gust velocity ``w_g`` in m s-1 (positive).
 
     Returns:
         Effective wind speed in m s-1, at least ``gustiness``, the broadcast shape.
     """
     wind, gust = as_tensors(wind_speed, gustiness)
-    check_positive("wind_speed", wind, "m s-1", _WIND_HINT, allow_zero=True)
+    check_positive("wind_speed", wind, "m s-1", _WIND_HINT, allow_zero=True, finite=True)
     check_positive("gustiness", gust, "m s-1", "A gust velocity of about 1 m s-1 is typical.")
     return torch.sqrt(wind**2 + gust**2)
 
@@ -445,7 +467,7 @@ def bulk_richardson_number(
     Args:
         surface_temperature: Skin temperature in K.
         air_temperature: Air temperature at the reference height in K.
-        wind_speed: Wind speed at the reference height in m s-1 (positive).
+        wind_speed: Wind speed at the reference height in m s-1 (positive, finite).
         reference_height: Height ``z`` of the air temperature and wind in m.
         heat_capacity: ``c_p`` in J kg-1 K-1, for the dry-adiabatic correction ``g z / c_p``.
 
@@ -455,7 +477,9 @@ def bulk_richardson_number(
     ts, ta, wind, height, cp = as_tensors(
         surface_temperature, air_temperature, wind_speed, reference_height, heat_capacity
     )
-    check_positive("wind_speed", wind, "m s-1", "Use effective_wind_speed() for a gust floor.")
+    check_positive(
+        "wind_speed", wind, "m s-1", "Use effective_wind_speed() for a gust floor.", finite=True
+    )
     check_positive("reference_height", height, "m", "Flux towers measure at a few metres.")
     potential_difference = ta + gravity * height / cp - ts
     mean_temperature = 0.5 * (ta + ts)
@@ -498,12 +522,8 @@ def stability_correction(
     >>> stability_correction(torch.tensor([0.0, 0.1, -0.1]))
     tensor([1.0000, 0.4628, 1.6395])
     """
-    if louis_b <= 0:
-        raise ValueError(f"`louis_b` must be positive; got {louis_b}. Louis (1979) uses 9.4.")
-    if maximum_enhancement <= 1:
-        raise ValueError(
-            f"`maximum_enhancement` must exceed 1; got {maximum_enhancement}. Try 3.0."
-        )
+    check_positive("louis_b", louis_b, "1", "Louis (1979) uses 9.4.")
+    check_positive("maximum_enhancement", maximum_enhancement, "1", "Try 3.0.", greater_than=1.0)
     # Each branch sees only its own half-line, so neither is evaluated where it would blow up
     # (the stable branch is singular at Ri = -2/b), and the branch at 0 equals 1: the product is f.
     # One mask for both halves: two clamps would both pass gradient at Ri = 0 and double it.
@@ -516,6 +536,40 @@ def stability_correction(
         1.0 + louis_b * unstable / (maximum_enhancement - 1.0)
     )
     return stable_factor * unstable_factor
+
+
+# --------------------------------------------------------------------------------------------------
+# Skin temperature from radiometers
+# --------------------------------------------------------------------------------------------------
+
+
+def skin_temperature(
+    upwelling_longwave: Tensor, downwelling_longwave: Tensor, emissivity: float = 0.98
+) -> Tensor:
+    """Radiometric skin temperature from hemispheric longwave fluxes.
+
+    ``T_s = ((L_up - (1 - ε) L_down) / (ε σ))^(1/4)``: the upwelling flux is the surface's
+    emission plus the reflected part of the downwelling flux (a gray surface; e.g. Garratt 1992,
+    ch. 5). Differentiable by autograd (a power of a linear combination).
+
+    Args:
+        upwelling_longwave: ``L_up`` in W m-2, any shape.
+        downwelling_longwave: ``L_down`` in W m-2, broadcastable with ``L_up``.
+        emissivity: Broadband longwave emissivity ε in (0, 1] (0.98 for grassland).
+
+    Returns:
+        Skin temperature in K, the broadcast shape.
+    """
+    check_range("emissivity", emissivity, 0.0, 1.0, hint="Grass: 0.98.", include_lower=False)
+    emitted = upwelling_longwave - (1.0 - emissivity) * downwelling_longwave
+    check_positive(
+        "upwelling_longwave - (1 - emissivity) downwelling_longwave",
+        emitted,
+        "W m-2",
+        "Check the radiometer units and fill values.",
+    )
+    result: Tensor = (emitted / (emissivity * float(stefan_boltzmann))) ** 0.25
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -611,20 +665,21 @@ class SurfaceFluxes(Process):
         self.moisture = moisture
         if not moisture:
             self.inputs = tuple(name for name in self.inputs if name != "specific_humidity")
-        for name, value in [
-            ("heat_exchange_coefficient", heat_exchange_coefficient),
-            ("moisture_exchange_coefficient", moisture_exchange_coefficient),
-            ("gustiness", gustiness),
-            ("reference_height", reference_height),
-            ("surface_heat_capacity", surface_heat_capacity),
-            ("lowest_layer_pressure_thickness", lowest_layer_pressure_thickness),
+        for name, value, units, hint in [
+            ("heat_exchange_coefficient", heat_exchange_coefficient, "1", _COEFFICIENT_HINT),
+            (
+                "moisture_exchange_coefficient",
+                moisture_exchange_coefficient,
+                "1",
+                _COEFFICIENT_HINT,
+            ),
+            ("gustiness", gustiness, "m s-1", "A gust velocity of about 1 m s-1 is typical."),
+            ("reference_height", reference_height, "m", "Flux towers measure at a few metres."),
+            ("surface_heat_capacity", surface_heat_capacity, "J m-2 K-1", "1e7 is 2.4 m of water."),
+            ("lowest_layer_pressure_thickness", lowest_layer_pressure_thickness, "Pa", PASCAL_HINT),
         ]:
-            if not value > 0:
-                raise ValueError(f"`{name}` must be positive (SI units); got {value}.")
-        if formula not in SATURATION_FORMULAS:
-            raise ValueError(
-                f"Unknown formula {formula!r}; use one of {list(SATURATION_FORMULAS)}."
-            )
+            check_positive(name, value, units, hint)
+        check_choice("formula", formula, SATURATION_FORMULAS)
         # Parameters are kept in float64 and cast to the state's dtype where they are used.
         as64 = torch.float64
         self.heat_exchange_coefficient = nn.Parameter(
@@ -717,13 +772,3 @@ class SurfaceFluxes(Process):
         if not self.moisture:
             del tendencies["specific_humidity"]
         return tendencies, diagnostics
-
-
-__all__ = [
-    "SurfaceFluxes",
-    "bulk_richardson_number",
-    "effective_wind_speed",
-    "latent_heat_flux",
-    "sensible_heat_flux",
-    "stability_correction",
-]

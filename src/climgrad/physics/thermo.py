@@ -22,7 +22,6 @@ releases its latent heat (see :func:`condensation_rate` and :class:`LargeScaleCo
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import torch
@@ -40,6 +39,37 @@ from climgrad.constants import (
 )
 from climgrad.physics.process import Process
 from climgrad.typing import Diagnostics, State, Tendencies
+from climgrad.validation import (
+    HUMIDITY_HINT,
+    PASCAL_HINT,
+    as_tensors,
+    check_choice,
+    check_count,
+    check_positive,
+    check_range,
+    check_saturation_defined,
+    check_temperature,
+)
+
+__all__ = [
+    "CONDENSATION_METHODS",
+    "SATURATION_FORMULAS",
+    "CondensationMethod",
+    "FixedRelativeHumidity",
+    "LargeScaleCondensation",
+    "SaturationFormula",
+    "air_density",
+    "condensation_rate",
+    "log_saturation_vapour_pressure_derivative",
+    "relative_humidity",
+    "saturation_adjustment",
+    "saturation_specific_humidity",
+    "saturation_vapour_pressure",
+    "specific_humidity_from_relative_humidity",
+    "specific_humidity_from_vapour_pressure",
+    "vapour_pressure_from_specific_humidity",
+    "virtual_temperature",
+]
 
 SaturationFormula = Literal["bolton", "clausius_clapeyron"]
 SATURATION_FORMULAS: tuple[str, ...] = ("bolton", "clausius_clapeyron")
@@ -52,111 +82,6 @@ saturation_vapour_pressure_at_freezing = Constant(
 )
 bolton_coefficient = Constant(17.67, "1", _BOLTON, "coefficient a in e_s = e0 exp(a t / (t + b))")
 bolton_offset = Constant(29.65, "K", _BOLTON, "singular temperature, 273.15 K - 243.5 K")
-
-_KELVIN_HINT = "Convert degC to K by adding 273.15."
-_MINIMUM_PLAUSIBLE_TEMPERATURE = 100.0  # K
-_PASCAL_HINT = "Pressure is in Pa; multiply hPa (mbar) by 100 and kPa (as ARM reports) by 1000."
-_HUMIDITY_HINT = "Specific humidity is in kg kg-1; convert g kg-1 by dividing by 1000."
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared input handling (also used by climgrad.physics.surface)
-# --------------------------------------------------------------------------------------------------
-
-
-def as_tensors(*values: Tensor | float) -> list[Tensor]:
-    """Convert numbers and tensors to tensors of one floating dtype and device.
-
-    The dtype and device are those of the first floating-point tensor among ``values`` (the
-    default dtype on the CPU if there is none), so Python floats such as constants follow the data.
-    """
-    reference = next(
-        (v for v in values if isinstance(v, Tensor) and torch.is_floating_point(v)), None
-    )
-    dtype = reference.dtype if reference is not None else torch.get_default_dtype()
-    device = reference.device if reference is not None else torch.device("cpu")
-    return [
-        torch.as_tensor(v, dtype=dtype, device=device)
-        if isinstance(v, Tensor)
-        else _constant_tensor(float(v), dtype, device)
-        for v in values
-    ]
-
-
-@functools.lru_cache(maxsize=256)
-def _constant_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    # Numbers passed every time step (a wind speed, c_p) become tensors once per dtype and device.
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
-def _skip_checks(tensor: Tensor) -> bool:
-    # Value checks are data-dependent control flow, which torch.func transforms and torch.compile
-    # cannot trace; the un-transformed call has already validated the same values.
-    return (
-        torch._C._functorch.is_functorch_wrapped_tensor(tensor)
-        or torch.compiler.is_compiling()
-        or tensor.numel() == 0
-    )
-
-
-def check_positive(
-    name: str,
-    tensor: Tensor | float,
-    units: str,
-    hint: str,
-    *,
-    allow_zero: bool = False,
-    greater_than: float = 0.0,
-) -> None:
-    """Raise a ValueError naming the fix if ``tensor`` has NaN or values not above a bound.
-
-    Args:
-        name: Argument name, quoted in the message.
-        tensor: Values to check.
-        units: Units of ``tensor``, quoted in the message.
-        hint: How to fix the input, appended to the message.
-        allow_zero: Accept values equal to ``greater_than``.
-        greater_than: The bound (in ``units``).
-    """
-    if not isinstance(tensor, Tensor):
-        if (tensor >= greater_than) if allow_zero else (tensor > greater_than):
-            return
-        tensor = torch.tensor(float(tensor))  # invalid or NaN: the message is built below
-    if _skip_checks(tensor):
-        return
-    detached = tensor.detach()
-    # One comparison finds both NaN and out-of-range values (NaN compares false); the message
-    # is worked out only on failure, so a valid call costs a single synchronising reduction.
-    ok = detached >= greater_than if allow_zero else detached > greater_than
-    if bool(ok.all()):
-        return
-    if bool(torch.isnan(detached).any()):
-        raise ValueError(
-            f"`{name}` contains NaN. Mask missing values before building tensors "
-            "(a NaN in an unselected branch still poisons gradients)."
-        )
-    relation = "at least" if allow_zero else "greater than"
-    raise ValueError(
-        f"`{name}` must be {relation} {greater_than:g} ({units}); got a minimum of "
-        f"{float(detached.min()):.6g}. {hint}"
-    )
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; use one of {list(choices)}.")
-
-
-def check_temperature(name: str, temperature: Tensor | float) -> None:
-    """Raise a ValueError naming the fix unless every temperature exceeds 100 K.
-
-    100 K is below any temperature in Earth's atmosphere or at its surface, and above any value in
-    degC: the bound catches Celsius input (and keeps Bolton's formula away from its singularity at
-    29.65 K).
-    """
-    check_positive(
-        name, temperature, "K", _KELVIN_HINT, greater_than=_MINIMUM_PLAUSIBLE_TEMPERATURE
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +164,7 @@ def saturation_vapour_pressure(
     >>> saturation_vapour_pressure(torch.tensor([273.15, 303.15], dtype=torch.float64))
     tensor([ 611.2000, 4245.5754], dtype=torch.float64)
     """
-    _check_choice("formula", formula, SATURATION_FORMULAS)
+    check_choice("formula", formula, SATURATION_FORMULAS)
     (temperature_tensor,) = as_tensors(temperature)
     check_temperature("temperature", temperature_tensor)
     result: Tensor = _SaturationVapourPressureFunction.apply(temperature_tensor, formula)
@@ -247,7 +172,7 @@ def saturation_vapour_pressure(
 
 
 # --------------------------------------------------------------------------------------------------
-# Humidity conversions
+# Humidity: conversions, saturation specific humidity, a fixed relative-humidity profile
 # --------------------------------------------------------------------------------------------------
 
 
@@ -342,18 +267,6 @@ class _SaturationSpecificHumidityFunction(torch.autograd.Function):
         return grad_t, grad_p, None
 
 
-def check_saturation_defined(saturation: Tensor) -> None:
-    """Raise if ``q_s`` is outside (0, 1), which happens exactly when ``p <= e_s(T)``."""
-    if _skip_checks(saturation):
-        return
-    detached = saturation.detach()
-    if bool(((detached <= 0) | (detached >= 1) | torch.isnan(detached)).any()):
-        raise ValueError(
-            "`pressure` must exceed the saturation vapour pressure e_s(temperature) (water would "
-            f"boil). {_PASCAL_HINT}"
-        )
-
-
 def saturation_specific_humidity(
     temperature: Tensor | float,
     pressure: Tensor | float,
@@ -377,10 +290,10 @@ def saturation_specific_humidity(
     >>> round(float(saturation_specific_humidity(torch.tensor(288.15), 1.0e5)), 5)
     0.01067
     """
-    _check_choice("formula", formula, SATURATION_FORMULAS)
+    check_choice("formula", formula, SATURATION_FORMULAS)
     temperature_tensor, pressure_tensor = as_tensors(temperature, pressure)
     check_temperature("temperature", temperature_tensor)
-    check_positive("pressure", pressure_tensor, "Pa", _PASCAL_HINT)
+    check_positive("pressure", pressure_tensor, "Pa", PASCAL_HINT)
     result: Tensor = _SaturationSpecificHumidityFunction.apply(
         temperature_tensor, pressure_tensor, formula
     )
@@ -407,8 +320,8 @@ def relative_humidity(
         Relative humidity (dimensionless, 1 at saturation), the broadcast shape.
     """
     q, t, p = as_tensors(specific_humidity, temperature, pressure)
-    check_positive("specific_humidity", q, "kg kg-1", _HUMIDITY_HINT, allow_zero=True)
-    check_positive("pressure", p, "Pa", _PASCAL_HINT)
+    check_positive("specific_humidity", q, "kg kg-1", HUMIDITY_HINT, allow_zero=True)
+    check_positive("pressure", p, "Pa", PASCAL_HINT)
     return vapour_pressure_from_specific_humidity(q, p) / saturation_vapour_pressure(
         t, formula=formula
     )
@@ -438,7 +351,7 @@ def specific_humidity_from_relative_humidity(
     check_positive(
         "relative_humidity", rh, "1", "Relative humidity is a fraction.", allow_zero=True
     )
-    check_positive("pressure", p, "Pa", _PASCAL_HINT)
+    check_positive("pressure", p, "Pa", PASCAL_HINT)
     vapour = rh * saturation_vapour_pressure(t, formula=formula)
     return specific_humidity_from_vapour_pressure(vapour, p)
 
@@ -470,9 +383,68 @@ def air_density(
     1.209
     """
     p, t, q = as_tensors(pressure, temperature, specific_humidity)
-    check_positive("pressure", p, "Pa", _PASCAL_HINT)
+    check_positive("pressure", p, "Pa", PASCAL_HINT)
     check_temperature("temperature", t)
     return p / (gas_constant_dry_air * virtual_temperature(t, q))
+
+
+class FixedRelativeHumidity(nn.Module):
+    """Manabe & Wetherald's (1967) fixed relative humidity profile, for radiation that sees vapour.
+
+    ``RH(p) = RH_s max((p/p_s - 0.02) / 0.98, 0)`` and ``q = max(RH(p) q_s(T, p), q_min)``, with
+    ``q_s`` from Bolton's (1980) saturation vapour pressure and ``q_min = 3e-6`` kg kg-1 (their
+    stratospheric mixing ratio). The vapour follows the temperature (water-vapour feedback at fixed
+    relative humidity); ``RH_s`` (``surface_relative_humidity``, dimensionless, 0.77 in MW67) is a
+    learnable parameter. Plain torch: autograd and forward mode (``torch.autograd.forward_ad``)
+    differentiate it; the floor has zero derivative where it holds.
+
+    Regime: a tropical or global-mean clear-sky column in which large-scale circulation and
+    convection keep the relative humidity profile fixed (Manabe & Wetherald 1967, J. Atmos. Sci.
+    24, 241); not a prediction of humidity.
+
+    Args:
+        surface_relative_humidity: ``RH_s``, in (0, 1].
+        minimum_specific_humidity: ``q_min`` in kg kg-1 (>= 0).
+    """
+
+    def __init__(
+        self, surface_relative_humidity: float = 0.77, minimum_specific_humidity: float = 3e-6
+    ) -> None:
+        super().__init__()
+        check_range(
+            "surface_relative_humidity",
+            surface_relative_humidity,
+            0.0,
+            1.0,
+            hint="Use a fraction such as 0.77.",
+            include_lower=False,
+        )
+        check_positive(
+            "minimum_specific_humidity",
+            minimum_specific_humidity,
+            "kg kg-1",
+            HUMIDITY_HINT,
+            allow_zero=True,
+        )
+        self.surface_relative_humidity = nn.Parameter(
+            torch.tensor(float(surface_relative_humidity), dtype=torch.float64)
+        )
+        self.minimum_specific_humidity = float(minimum_specific_humidity)
+
+    def forward(
+        self, temperature: Tensor, pressure: Tensor, surface_pressure: Tensor | float
+    ) -> Tensor:
+        """Specific humidity (kg kg-1) of ``temperature`` (K) at ``pressure`` (Pa), same shape.
+
+        Args:
+            temperature: ``(..., level)`` in K.
+            pressure: Layer pressure ``(level,)`` or ``(..., level)`` in Pa.
+            surface_pressure: ``p_s`` in Pa (scalar or ``(..., 1)``).
+        """
+        shape = torch.clamp((pressure / surface_pressure - 0.02) / 0.98, min=0.0)
+        humidity = self.surface_relative_humidity.to(temperature.dtype) * shape
+        saturation = saturation_specific_humidity_kernel(temperature, pressure.to(temperature))
+        return torch.clamp(humidity * saturation, min=self.minimum_specific_humidity)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,10 +483,11 @@ class _SaturationAdjustmentFunction(torch.autograd.Function):
     The forward runs Newton's method; the backward applies the implicit function theorem at the
     solution instead of differentiating the iterations: with
     ``F(δ; T, q, p, RH_c) = q - δ - RH_c q_s(T + L δ / c_p, p)`` and ``D = -∂F/∂δ =
-    1 + RH_c (L / c_p) ∂q_s/∂T``, ``dδ/dθ = (∂F/∂θ) / D``. It saves T, p, RH_c and δ (no iterates):
-    for 10^6 float64 points, 30.5 MiB against 1007 MiB for autograd through 6 Newton iterations,
-    and 2-3x faster forward+backward on the CPU. Written in differentiable torch, so double
-    backward works.
+    1 + RH_c (L / c_p) ∂q_s/∂T``, ``dδ/dθ = (∂F/∂θ) / D``. It saves T, p, RH_c and δ only, not
+    the Newton iterates that autograd through the iterations would keep, so its memory does not
+    grow with ``iterations`` and the backward is one evaluation of the derivatives (see
+    ``docs/benchmarks.md`` for the measured memory and time). Written in differentiable torch, so
+    double backward works.
     """
 
     generate_vmap_rule = True
@@ -598,15 +571,14 @@ def saturation_adjustment(
     Returns:
         Signed condensate ``δ`` in kg kg-1, the broadcast shape of the arguments.
     """
-    _check_choice("formula", formula, SATURATION_FORMULAS)
-    if iterations < 1:
-        raise ValueError(f"`iterations` must be at least 1; got {iterations}.")
+    check_choice("formula", formula, SATURATION_FORMULAS)
+    check_count("iterations", iterations, 1)
     t, q, p, critical = as_tensors(
         temperature, specific_humidity, pressure, critical_relative_humidity
     )
     check_temperature("temperature", t)
-    check_positive("specific_humidity", q, "kg kg-1", _HUMIDITY_HINT, allow_zero=True)
-    check_positive("pressure", p, "Pa", _PASCAL_HINT)
+    check_positive("specific_humidity", q, "kg kg-1", HUMIDITY_HINT, allow_zero=True)
+    check_positive("pressure", p, "Pa", PASCAL_HINT)
     check_positive("critical_relative_humidity", critical, "1", "Use a fraction such as 0.9.")
     check_saturation_defined(saturation_specific_humidity_kernel(t.detach(), p.detach(), formula))
     result: Tensor = _SaturationAdjustmentFunction.apply(t, q, p, critical, formula, iterations)
@@ -682,14 +654,14 @@ def condensation_rate(
     >>> f"{float(rate):.3e}"
     '3.291e-07'
     """
-    _check_choice("method", method, CONDENSATION_METHODS)
+    check_choice("method", method, CONDENSATION_METHODS)
     check_mode(mode)
     t, q, p, critical, tau = as_tensors(
         temperature, specific_humidity, pressure, critical_relative_humidity, timescale
     )
     check_positive("timescale", tau, "s", "A relaxation time of about an hour is typical.")
     check_positive("critical_relative_humidity", critical, "1", "Use a fraction such as 0.9.")
-    check_positive("specific_humidity", q, "kg kg-1", _HUMIDITY_HINT, allow_zero=True)
+    check_positive("specific_humidity", q, "kg kg-1", HUMIDITY_HINT, allow_zero=True)
     saturation = saturation_specific_humidity(t, p, formula=formula)
     if method == "relaxation":
         excess = q / saturation - critical
@@ -754,20 +726,22 @@ class LargeScaleCondensation(Process):
         iterations: int = 6,
     ) -> None:
         super().__init__()
-        _check_choice("method", method, CONDENSATION_METHODS)
-        _check_choice("formula", formula, SATURATION_FORMULAS)
+        check_choice("method", method, CONDENSATION_METHODS)
+        check_choice("formula", formula, SATURATION_FORMULAS)
         check_mode(mode)
-        if not 0 < critical_relative_humidity:
-            raise ValueError(
-                "`critical_relative_humidity` must be positive (a fraction, e.g. 0.9); got "
-                f"{critical_relative_humidity}."
-            )
-        if not condensation_timescale > 0:
-            raise ValueError(
-                f"`condensation_timescale` must be positive (s); got {condensation_timescale}."
-            )
-        if not width > 0:
-            raise ValueError(f"`width` must be positive (a fraction, e.g. 0.01); got {width}.")
+        check_positive(
+            "critical_relative_humidity",
+            critical_relative_humidity,
+            "1",
+            "Use a fraction such as 0.9.",
+        )
+        check_positive(
+            "condensation_timescale",
+            condensation_timescale,
+            "s",
+            "A relaxation time of about an hour is typical.",
+        )
+        check_positive("width", width, "1", "Use a relative-humidity fraction such as 0.01.")
         self.critical_relative_humidity = nn.Parameter(torch.tensor(critical_relative_humidity))
         self.condensation_timescale = nn.Parameter(torch.tensor(condensation_timescale))
         self.method: CondensationMethod = method
@@ -795,73 +769,3 @@ class LargeScaleCondensation(Process):
         tendencies: Tendencies = {"air_temperature": heating, "specific_humidity": -rate}
         diagnostics: Diagnostics = {"condensation_rate": rate, "latent_heating_rate": heating}
         return tendencies, diagnostics
-
-
-__all__ = [
-    "CONDENSATION_METHODS",
-    "SATURATION_FORMULAS",
-    "CondensationMethod",
-    "LargeScaleCondensation",
-    "SaturationFormula",
-    "air_density",
-    "condensation_rate",
-    "log_saturation_vapour_pressure_derivative",
-    "relative_humidity",
-    "saturation_adjustment",
-    "saturation_specific_humidity",
-    "saturation_vapour_pressure",
-    "specific_humidity_from_relative_humidity",
-    "specific_humidity_from_vapour_pressure",
-    "vapour_pressure_from_specific_humidity",
-    "virtual_temperature",
-]
-
-
-class FixedRelativeHumidity(nn.Module):
-    """Manabe & Wetherald's (1967) fixed relative humidity profile, for radiation that sees vapour.
-
-    ``RH(p) = RH_s max((p/p_s - 0.02) / 0.98, 0)`` and ``q = max(RH(p) q_s(T, p), q_min)``, with
-    ``q_s`` from Bolton's (1980) saturation vapour pressure and ``q_min = 3e-6`` kg kg-1 (their
-    stratospheric mixing ratio). The vapour follows the temperature (water-vapour feedback at fixed
-    relative humidity); ``RH_s`` (``surface_relative_humidity``, dimensionless, 0.77 in MW67) is a
-    learnable parameter. Plain torch: autograd and forward mode (``torch.autograd.forward_ad``)
-    differentiate it; the floor has zero derivative where it holds.
-
-    Regime: a tropical or global-mean clear-sky column in which large-scale circulation and
-    convection keep the relative humidity profile fixed (Manabe & Wetherald 1967, J. Atmos. Sci.
-    24, 241); not a prediction of humidity.
-
-    Args:
-        surface_relative_humidity: ``RH_s``, in (0, 1].
-        minimum_specific_humidity: ``q_min`` in kg kg-1 (>= 0).
-    """
-
-    def __init__(
-        self, surface_relative_humidity: float = 0.77, minimum_specific_humidity: float = 3e-6
-    ) -> None:
-        super().__init__()
-        if not 0.0 < surface_relative_humidity <= 1.0:
-            raise ValueError(
-                f"`surface_relative_humidity` must lie in (0, 1]; got {surface_relative_humidity}."
-            )
-        if minimum_specific_humidity < 0:
-            raise ValueError("`minimum_specific_humidity` must be >= 0 (kg kg-1).")
-        self.surface_relative_humidity = nn.Parameter(
-            torch.tensor(float(surface_relative_humidity), dtype=torch.float64)
-        )
-        self.minimum_specific_humidity = float(minimum_specific_humidity)
-
-    def forward(
-        self, temperature: Tensor, pressure: Tensor, surface_pressure: Tensor | float
-    ) -> Tensor:
-        """Specific humidity (kg kg-1) of ``temperature`` (K) at ``pressure`` (Pa), same shape.
-
-        Args:
-            temperature: ``(..., level)`` in K.
-            pressure: Layer pressure ``(level,)`` or ``(..., level)`` in Pa.
-            surface_pressure: ``p_s`` in Pa (scalar or ``(..., 1)``).
-        """
-        shape = torch.clamp((pressure / surface_pressure - 0.02) / 0.98, min=0.0)
-        humidity = self.surface_relative_humidity.to(temperature.dtype) * shape
-        saturation = saturation_specific_humidity_kernel(temperature, pressure.to(temperature))
-        return torch.clamp(humidity * saturation, min=self.minimum_specific_humidity)
