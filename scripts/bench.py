@@ -1,4 +1,4 @@
-"""Run the benchmark problems of shared/benchmarks.md (B1, B2, ...) and report them.
+"""Run the benchmark problems of docs/benchmark_problems.md (B1, B2, ...) and report them.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Benchmark B1 (shared/benchmarks.md): implicit vertical diffusion, N columns x L levels x S steps.
+"""Benchmark B1 (docs/benchmark_problems.md): implicit vertical diffusion, N x L levels x S steps.
 
 Implementations (all the same equations, climgrad.physics.diffusion):
 

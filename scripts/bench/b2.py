@@ -1,4 +1,4 @@
-"""Benchmark B2: gray radiative-convective columns (shared/benchmarks.md, section B2).
+"""Benchmark B2: gray radiative-convective columns (docs/benchmark_problems.md, section B2).
 
 N independent columns of L layers and a surface slab, stepped S times by forward Euler with gray
 two-stream longwave radiation, a bulk sensible heat flux and Betts-Miller convective relaxation;

@@ -1,4 +1,4 @@
-"""Benchmark B3 (shared/benchmarks.md): the diffusive energy-balance model's equilibrium and Φ.
+"""Benchmark B3 (docs/benchmark_problems.md): the diffusive energy-balance model's equilibrium, Φ.
 
 :class:`climgrad.models.EBM1D` (90 bands of 2°) solved by Newton's method from B3's T⁰; the twin
 loss Φ(θ) of B3.4 at θ₀ = (190, 1.8, 0.45). Implementations of the gradient ∂Φ/∂θ:
@@ -318,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run B3 for ``args.dtype`` and return the JSON-ready result."""
     if args.device != "cpu":
-        raise SystemExit("B3 runs on the CPU (a 90-band model; benchmarks.md 0.3).")
+        raise SystemExit("B3 runs on the CPU (a 90-band model; docs/benchmark_problems.md 0.3).")
     problem = Problem(args.dtype)
     exact = {"custom": "implicit", "autograd": "unrolled"}
     fd_names = (

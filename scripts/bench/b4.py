@@ -1,4 +1,4 @@
-"""Benchmark B4 (shared/benchmarks.md): the cost of calibrating the B3 twin, by method.
+"""Benchmark B4 (docs/benchmark_problems.md): the cost of calibrating the B3 twin, by method.
 
 Twin calibrations of :class:`climgrad.models.EBM1D` in float64, variant ``P = 3`` (θ = A, B, D) or
 ``P = 91`` (θ = A_0 … A_89, D; B = 2 known), with the methods of B4.3:
@@ -737,7 +737,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run B4 (float64 only) and return the JSON-ready result."""
     if args.dtype != "float64":
-        raise SystemExit("B4 is defined in float64 only (benchmarks.md B4); use --dtype float64.")
+        raise SystemExit(
+            "B4 is defined in float64 only (docs/benchmark_problems.md B4); use --dtype float64."
+        )
     if args.device != "cpu":
         raise SystemExit("B4 runs on the CPU (one small model solved sequentially).")
     variants = [3, 91] if getattr(args, "variant", "3") == "both" else [int(args.variant)]

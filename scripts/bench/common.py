@@ -1,4 +1,4 @@
-"""Shared measurement protocol for the benchmark problems (shared/benchmarks.md sections 0.3-0.5).
+"""Shared measurement protocol of the benchmarks (docs/benchmark_problems.md sections 0.3-0.5).
 
 Problem modules (``scripts/bench/b1.py``, ``b2.py``, ...) import this module as ``common``
 (``scripts/bench.py`` puts ``scripts/bench`` on ``sys.path``) and use:

@@ -9,8 +9,8 @@ semi-implicitly (explicit radiation, backward-Euler diffusion) for T steps of 1/
 the mean final temperature; the gradient is taken with respect to every learnable parameter.
 Variants: the whole graph kept (``k = none``) and checkpoint segments of k = 100 ≈ √T steps.
 Reported per variant: the bytes autograd saves for the backward pass during the forward
-(deterministic), the peak-RSS growth of one forward+backward (benchmarks.md section 0.4) and the
-wall time of that one call (a single sample: a 10,000-step rollout is long, and memory is the
+(deterministic), the peak-RSS growth of one forward+backward (docs/benchmark_problems.md 0.4) and
+the wall time of that one call (a single sample: a 10,000-step rollout is long, and memory is the
 subject). Expected: saved bytes ∝ T without
 checkpointing, ∝ T/k (segment boundaries) with it, plus one segment of ~k steps recomputed at a
 time during the backward, so peak memory ~ T/k + k; time grows by about one extra forward.

@@ -37,12 +37,13 @@ from typing import Any
 import common
 import torch
 
+from climgrad.data.afgl import read_afgl
 from climgrad.integrate import EquilibriumInfo
 from climgrad.models.column import SingleColumnModel
 from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_insolation
 
 REPO = Path(__file__).resolve().parents[2]
-TROPICAL = REPO / "data/single_column/afgl_standard_atmospheres/tropical.dat"
+TROPICAL = read_afgl(REPO / "data/single_column/afgl_standard_atmospheres/tropical.dat")
 SIZES = {"default": {"levels": 40}, "small": {"levels": 20}}
 LEARN = {
     "rrtmg": ("surface_albedo", "humidity_scale", "critical_lapse_rate"),
