@@ -12,34 +12,21 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from climgrad.data import ModelGrid, ObservationError, ObservationSpec, load_observations
+from climgrad.data import ModelGrid, ObservationError, ObservationSpec
 from climgrad.data.__main__ import main
 from climgrad.data.synthetic import write_synthetic
+
+from .helpers import one_line_error, tas_spec
 
 GRID = ModelGrid.latitude_bands(18)
 
 
 def _spec(path: Path | str, **changes: Any) -> ObservationSpec:
-    options: dict[str, Any] = {
-        "name": "t",
-        "path": str(path),
-        "variable": "tas",
-        "model_output": "surface_temperature",
-        "units": "K",
-        "operator": "time_mean+zonal_mean",
-        "error": 1.0,
-    }
-    options.update(changes)
-    return ObservationSpec(**options)
+    return tas_spec(path, **changes)
 
 
 def _error(spec: ObservationSpec, grid: ModelGrid = GRID) -> str:
-    with pytest.raises(ObservationError) as info:
-        load_observations([spec], grid)
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert "Fix: " in message, message
-    assert str(Path(info.value.file or "").name) in message
+    message = str(one_line_error(spec, grid))
     return message
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
 from climgrad.data import ModelGrid, ObsSet, load_observations, read_spec_file
 
@@ -22,8 +23,9 @@ SPECS = DATA / "specs"
 
 
 def _load(family: str, grid: ModelGrid | None = None) -> ObsSet:
+    # Paths in the shipped specs are relative to data/specs/, whatever the working directory.
     spec_grid, specs = read_spec_file(SPECS / f"{family}.yaml")
-    return load_observations(specs, grid or spec_grid, dtype=torch.float64, root=ROOT)
+    return load_observations(specs, grid or spec_grid, dtype=torch.float64)
 
 
 def _global_mean(obs: ObsSet, name: str) -> float:
@@ -126,15 +128,25 @@ def test_sounding_file_documents_its_quality_control() -> None:
 
 
 def test_every_shipped_spec_checks_from_the_command_line(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from climgrad.data.__main__ import main
 
+    monkeypatch.chdir(tmp_path)  # the spec's paths do not depend on the working directory
     specs = sorted(SPECS.glob("*.yaml"))
     assert [p.stem for p in specs] == ["ebm_1d", "global_ebm", "single_column", "surface_flux"]
     for spec in specs:
-        assert main(["check", str(spec), "--root", str(ROOT)]) == 0, capsys.readouterr().err
+        assert main(["check", str(spec)]) == 0, capsys.readouterr().err
         assert "observation(s)" in capsys.readouterr().out
+
+
+def test_shipped_spec_paths_are_relative_to_the_spec_folder() -> None:
+    for spec_file in sorted(SPECS.glob("*.yaml")):
+        raw = yaml.safe_load(spec_file.read_text())
+        for entry in raw["observations"]:
+            for path in [entry["path"]] if isinstance(entry["path"], str) else entry["path"]:
+                assert path.startswith("../"), (spec_file.name, path)
+                assert (SPECS / path).is_file(), (spec_file.name, path)
 
 
 def test_prepare_data_reproduces_the_shipped_files(tmp_path: Path) -> None:

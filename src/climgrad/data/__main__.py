@@ -4,6 +4,11 @@
                                             [--output obs.nc] [--debug]
     python -m climgrad.data show FILE.nc [--debug]
 
+Relative data paths in SPEC.yaml are taken from the spec file's own folder, whatever the working
+directory; ``--root DIR`` takes them from DIR instead (for specs written against another base).
+``show`` lists each dimension with the axis the loader recognises it as, including coordinates
+stored as variables of their own (``lat(latitude)`` in ``degrees_north``).
+
 On bad input it prints one line (file, variable, fix) to stderr and exits with status 1; with
 ``--debug`` it shows the traceback. ``--output`` is written to a temporary file first and moved
 into place only on success, so an existing output is never overwritten by a failed run.
@@ -30,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="load the observations of a YAML spec and summarise them")
     check.add_argument("spec", type=Path, help="YAML file with 'grid' and 'observations'")
-    check.add_argument("--root", type=Path, default=None, help="base of relative data paths")
+    check.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="folder that relative data paths in the spec start from (default: the spec's folder)",
+    )
     check.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     check.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     check.add_argument("--output", type=Path, default=None, help="write the ObsSet as NetCDF")
@@ -45,9 +55,9 @@ def _check(args: argparse.Namespace) -> int:
     from climgrad.data.load import load_observations
     from climgrad.data.spec import read_spec_file
 
-    grid, specs = read_spec_file(args.spec)
+    grid, specs = read_spec_file(args.spec, root=args.root)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    obs = load_observations(specs, grid, device=args.device, dtype=dtype, root=args.root)
+    obs = load_observations(specs, grid, device=args.device, dtype=dtype)
     print(f"{args.spec}: {len(obs)} observation(s) on {args.device} ({args.dtype})")
     print(obs.summary())
     if args.output is not None:
@@ -69,12 +79,21 @@ def _write_atomically(dataset: object, output: Path) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from climgrad.data.coords import axis_of
+    from climgrad.data.coords import axis_of, find_axes
     from climgrad.data.load import open_dataset
 
     data = open_dataset(args.file)
     with data:
         print(f"{args.file}: dimensions {dict(data.sizes)}")
+        axes = find_axes(data, data.dims)
+        print("axes (as the loader recognises them):")
+        for dim in sorted(map(str, data.dims)):
+            if dim in axes:
+                axis, coordinate = axes[dim]
+                via = f" (coordinate {coordinate!r})" if coordinate != dim else ""
+                print(f"  {dim!s:<24} -> {axis}{via}")
+            else:
+                print(f"  {dim!s:<24} -> not an axis")
         print("coordinates:")
         for name in data.coords:
             coord = data[name]

@@ -25,12 +25,14 @@ from climgrad.data import regrid
 from climgrad.data.coords import infer_bounds, month_and_year, normalize
 from climgrad.data.errors import NoOverlapError, ObservationError
 from climgrad.data.obsset import ObservedVariable, ObsSet
+from climgrad.data.plausibility import check_plausible
 from climgrad.data.spec import ModelGrid, ObservationSpec
 from climgrad.data.units import canonical_units, convert, parse_units
 
 Array = np.ndarray[Any, Any]
 _HAVE_DASK = importlib.util.find_spec("dask") is not None
 _PASSTHROUGH_DIMS = ("time", "month", "season", "plev", "lat")
+_TIME_OPERATORS = ("time_mean", "annual_mean", "monthly_climatology", "seasonal_climatology")
 
 
 def open_dataset(path: str | Path, variable: str | None = None) -> xr.Dataset:
@@ -53,7 +55,8 @@ def open_dataset(path: str | Path, variable: str | None = None) -> xr.Dataset:
             path,
             variable,
             "the file does not exist",
-            f"check the path (relative paths are taken from the working directory or `root`){hint}",
+            "check the path (relative paths in a spec file are taken from the spec file's folder, "
+            f"others from `root` or the working directory){hint}",
         )
     if path.is_dir():
         raise ObservationError(path, variable, "this is a directory", "name one NetCDF file")
@@ -87,6 +90,18 @@ class _Field:
     error: xr.DataArray
     lat_bounds: Array | None = None
     notes: list[str] = field(default_factory=list)
+    #: where canonical dimensions came from, when the file names them otherwise (for messages)
+    sources: dict[str, str] = field(default_factory=dict)
+    #: file dimensions recognised as no axis (for messages)
+    unrecognised: list[str] = field(default_factory=list)
+
+    def describe_dims(self) -> str:
+        """The dimensions as the messages show them: ``(time, lat [file dimension 'y'])``."""
+        shown = [
+            f"{dim} [{self.sources[dim]}]" if dim in self.sources else str(dim)
+            for dim in map(str, self.values.dims)
+        ]
+        return f"({', '.join(shown)})"
 
 
 def load_observation(
@@ -135,7 +150,10 @@ def load_observations(
         grid: the model grid (latitude bands, pressure levels in Pa, years, sites).
         device: target device of every tensor (e.g. ``"cuda"``).
         dtype: floating dtype of values, weights and errors (coordinates stay float64).
-        root: directory that relative paths in the specs are taken from (default: cwd).
+        root: directory that relative paths of specs built in Python or given inline are taken
+            from (default: the working directory). Specs read by
+            :func:`~climgrad.data.read_spec_file` hold absolute paths (relative ones are taken
+            from the spec file's folder), which ``root`` does not change.
 
     Returns:
         An :class:`ObsSet` keyed by ``spec.name``.
@@ -214,9 +232,8 @@ def _read_opened(data: xr.Dataset, path: Path, spec: ObservationSpec) -> _Field:
                 f"{spec.variable!r} {main.dims}",
                 "give companion variables (error, bounds, quality flag) on the same dimensions",
             )
-    subset = data[[spec.variable, *companions]]
-    subset, bounds = normalize(subset, [spec.variable, *companions], path, spec.variable)
-    subset, lat_index = _select_windows(subset, spec, path)
+    normalized = normalize(data, [spec.variable, *companions], path, spec.variable)
+    subset, lat_index = _select_windows(normalized.data, spec, path, normalized.sources)
 
     units = spec.file_units or str(main.attrs.get("units", ""))
     if not units.strip():
@@ -233,15 +250,23 @@ def _read_opened(data: xr.Dataset, path: Path, spec: ObservationSpec) -> _Field:
     if spec.quality_variable:
         flag = np.asarray(subset[spec.quality_variable].values, dtype=np.float64)
         values = values.where(np.isfinite(flag) & (flag <= spec.quality_max))
-    values = values.copy(
-        data=convert(values.values, units, spec.units, path, spec.variable, spec.difference)
-    )
+    raw = np.asarray(values.values, dtype=np.float64)
+    converted = convert(raw, units, spec.units, path, spec.variable, spec.difference)
+    check_plausible(converted, raw, spec, units, dict(main.attrs), path)
+    values = values.copy(data=converted)
     error = _error(subset, spec, units, path, values)
     notes = [f"{path.name}:{spec.variable} [{units}] -> [{canonical_units(spec.units)}]"]
-    lat_bounds = bounds.get("lat")
+    lat_bounds = normalized.bounds.get("lat")
     if lat_bounds is not None and "lat" in values.dims:
         lat_bounds = lat_bounds[lat_index]
-    return _Field(values=values, error=error, lat_bounds=lat_bounds, notes=notes)
+    return _Field(
+        values=values,
+        error=error,
+        lat_bounds=lat_bounds,
+        notes=notes,
+        sources=normalized.sources,
+        unrecognised=normalized.unrecognised,
+    )
 
 
 def _masked(data: xr.DataArray, name: str, path: Path) -> xr.DataArray:
@@ -350,7 +375,7 @@ def _parse_time_bound(value: Any, is_end: bool, path: Path, name: str) -> tuple[
 
 
 def _select_windows(
-    subset: xr.Dataset, spec: ObservationSpec, path: Path
+    subset: xr.Dataset, spec: ObservationSpec, path: Path, sources: dict[str, str]
 ) -> tuple[xr.Dataset, Array | slice]:
     """Select the spec's time and latitude windows; also return the latitude index kept."""
     lat_index: Array | slice = slice(None)
@@ -361,6 +386,14 @@ def _select_windows(
                 spec.variable,
                 f"time window {spec.time} is not [start, end]",
                 "give two bounds",
+            )
+        if "time" not in subset.dims and "month" in subset.dims:
+            raise ObservationError(
+                path,
+                spec.variable,
+                f"a time window is given but its time axis [{sources.get('month', 'month')}] "
+                "is a month of year (a climatology without years)",
+                "remove `time` from the spec; the months are all there is",
             )
         if "time" not in subset.dims:
             raise ObservationError(
@@ -429,8 +462,14 @@ def _concatenate(pieces: list[_Field], spec: ObservationSpec, path: Path) -> _Fi
             "join files that hold the same grid",
         ) from None
     order = np.argsort(values["time"].values, kind="stable")
+    first = pieces[0]
     return _Field(
-        values.isel(time=order), error.isel(time=order), pieces[0].lat_bounds, pieces[0].notes
+        values.isel(time=order),
+        error.isel(time=order),
+        first.lat_bounds,
+        first.notes,
+        first.sources,
+        first.unrecognised,
     )
 
 
@@ -483,9 +522,51 @@ def _need(fld: _Field, dims: Sequence[str], step: str, spec: ObservationSpec, fi
             file,
             spec.variable,
             f"operator {step!r} needs dimension(s) {missing} but the variable has "
-            f"{tuple(map(str, fld.values.dims))}",
-            "drop that operator or load a variable that has those dimensions",
+            f"{fld.describe_dims()}{_unrecognised_note(fld)}",
+            _recognition_fix(fld, missing)
+            or "drop that operator or load a variable that has those dimensions",
         )
+
+
+def _unrecognised_note(fld: _Field) -> str:
+    if not fld.unrecognised:
+        return ""
+    return f"; file dimension(s) {fld.unrecognised} were recognised as no axis"
+
+
+_AXIS_ATTRIBUTES = {
+    "lat": "units 'degrees_north' or standard_name 'latitude'",
+    "lon": "units 'degrees_east' or standard_name 'longitude'",
+    "time": "standard_name 'time' and CF units such as 'days since 2000-01-01'",
+    "plev": "standard_name 'air_pressure' and pressure units",
+}
+
+
+def _recognition_fix(fld: _Field, missing: Sequence[str]) -> str:
+    """When an unrecognised file dimension may be the missing axis, say how to mark it."""
+    wanted = [_AXIS_ATTRIBUTES[d] for d in missing if d in _AXIS_ATTRIBUTES]
+    if not fld.unrecognised or not wanted:
+        return ""
+    return (
+        f"if {fld.unrecognised[0]!r} is that axis, give its coordinate variable CF attributes "
+        f"({wanted[0]}); otherwise drop the operator"
+    )
+
+
+def _time_dim(fld: _Field, step: str, spec: ObservationSpec, file: Any) -> str:
+    """The dimension a time operator reduces: ``time``, or ``month`` for a month index."""
+    if "time" in fld.values.dims:
+        return "time"
+    if "month" in fld.values.dims:
+        return "month"
+    raise ObservationError(
+        file,
+        spec.variable,
+        f"operator {step!r} needs a time axis (dates or month of year) but the variable has "
+        f"{fld.describe_dims()}{_unrecognised_note(fld)}",
+        _recognition_fix(fld, ["time"])
+        or "drop that operator or load a variable that has a time dimension",
+    )
 
 
 def _apply_operator(
@@ -502,22 +583,36 @@ def _apply_operator(
 
     if step == "identity":
         return fld
-    if step in ("time_mean", "annual_mean", "monthly_climatology", "seasonal_climatology"):
-        _need(fld, ["time"], step, spec, file)
+    time_dim = _time_dim(fld, step, spec, file) if step in _TIME_OPERATORS else "time"
     if step == "time_mean":
         v, e = both(
-            lambda x: _mean_over(x.drop_vars("time_datetime", errors="ignore"), ["time"], None, cov)
+            lambda x: _mean_over(
+                x.drop_vars("time_datetime", errors="ignore"), [time_dim], None, cov
+            )
         )
     elif step in ("annual_mean", "monthly_climatology", "seasonal_climatology"):
-        dates = values["time_datetime"].values if "time_datetime" in values.coords else None
-        if dates is None:
-            raise ObservationError(
-                file,
-                spec.variable,
-                f"operator {step!r} needs calendar dates but the time axis is numeric years",
-                "store time with CF units such as 'days since 1850-01-01'",
-            )
-        month, year = month_and_year(dates)
+        if time_dim == "month":
+            if step == "annual_mean":
+                raise ObservationError(
+                    file,
+                    spec.variable,
+                    "operator 'annual_mean' needs years but the time axis "
+                    f"[{fld.sources.get('month', 'month')}] is a month of year (a climatology)",
+                    "use 'time_mean' for the annual mean of the climatology, or "
+                    "'monthly_climatology' / 'seasonal_climatology'",
+                )
+            month = np.asarray(values["month"].values, dtype=np.int64)
+            year = np.zeros_like(month)
+        else:
+            dates = values["time_datetime"].values if "time_datetime" in values.coords else None
+            if dates is None:
+                raise ObservationError(
+                    file,
+                    spec.variable,
+                    f"operator {step!r} needs calendar dates but the time axis is numeric years",
+                    "store time with CF units such as 'days since 1850-01-01'",
+                )
+            month, year = month_and_year(dates)
         if step == "annual_mean":
             key, new_dim, labels = year, "time", np.unique(year)
             coord = labels.astype(np.float64) + 0.5
@@ -532,7 +627,9 @@ def _apply_operator(
         def group(x: xr.DataArray) -> xr.DataArray:
             x = x.drop_vars("time_datetime", errors="ignore")
             parts = [
-                _mean_over(x.isel(time=np.nonzero(key == label)[0]), ["time"], None, cov)
+                _mean_over(
+                    x.isel({time_dim: np.nonzero(key == label)[0]}), [time_dim], None, cov
+                ).drop_vars(time_dim, errors="ignore")
                 for label in labels
             ]
             stacked = xr.concat(parts, dim=new_dim)
@@ -551,7 +648,14 @@ def _apply_operator(
         v, e = _site(fld, spec, grid, file)
     else:  # pragma: no cover - spec.operators() validated the names
         raise AssertionError(step)
-    return _Field(v, e, fld.lat_bounds if "lat" in v.dims else None, [*fld.notes, step])
+    return _Field(
+        v,
+        e,
+        fld.lat_bounds if "lat" in v.dims else None,
+        [*fld.notes, step],
+        fld.sources,
+        fld.unrecognised,
+    )
 
 
 def _site(
@@ -592,11 +696,18 @@ def _to_grid(fld: _Field, spec: ObservationSpec, grid: ModelGrid, file: Any) -> 
             if "lon" in unexpected
             else "reduce or select that dimension before loading (models have lat, plev, time)"
         )
+        unknown = [d for d in unexpected if d in fld.unrecognised]
+        if unknown:
+            fix = (
+                f"if {unknown[0]!r} is an axis, give its coordinate variable CF attributes (e.g. "
+                "units 'degrees_east' or 'degrees_north', or standard_name 'time' or "
+                f"'air_pressure'); otherwise {fix}"
+            )
         raise ObservationError(
             file,
             spec.variable,
-            f"after the operator {spec.operator!r} it has dimensions "
-            f"{tuple(map(str, values.dims))}, and {unexpected} match no model-grid dimension",
+            f"after the operator {spec.operator!r} it has dimensions {fld.describe_dims()}, and "
+            f"{unexpected} match no model-grid dimension",
             fix,
         )
     notes = list(fld.notes)
@@ -613,9 +724,15 @@ def _to_grid(fld: _Field, spec: ObservationSpec, grid: ModelGrid, file: Any) -> 
                 "use 'auto', 'conservative' or 'linear'",
             )
         if method == "auto":
+            # Cells with bounds from the file are exact: averaging over them is conservative in
+            # both directions (a finer band takes the value of the cell covering it, polar bands
+            # included). Edges inferred halfway between centres are a guess, so bands finer than
+            # the cells are interpolated between centres instead.
             band_width = float(np.median(np.diff(edges)))
             cell_width = float(np.median(source_bounds[:, 1] - source_bounds[:, 0]))
-            method = "conservative" if band_width >= cell_width * (1.0 - 1e-6) else "linear"
+            from_file = fld.lat_bounds is not None and len(fld.lat_bounds) == values.sizes["lat"]
+            coarser = band_width >= cell_width * (1.0 - 1e-6)
+            method = "conservative" if from_file or coarser else "linear"
         centres = 0.5 * (edges[:-1] + edges[1:])
         if method == "conservative":
 
@@ -663,7 +780,7 @@ def _to_grid(fld: _Field, spec: ObservationSpec, grid: ModelGrid, file: Any) -> 
         values = _along(values, "time", centres_t, cells)
         error = _along(error.where(fld.values.notnull()), "time", centres_t, cells)
         notes.append("time:cells")
-    return _Field(values, error, lat_bounds, notes)
+    return _Field(values, error, lat_bounds, notes, fld.sources, fld.unrecognised)
 
 
 def _along(data: xr.DataArray, dim: str, new_coord: Array, fn: Any) -> xr.DataArray:

@@ -19,7 +19,7 @@ from climgrad.data.errors import ObservationError
 #: Reductions an observation spec may chain with ``+`` (applied left to right).
 OPERATORS: dict[str, str] = {
     "identity": "keep every remaining dimension; put it on the model grid",
-    "time_mean": "mean over the selected time window (drops time)",
+    "time_mean": "mean over the selected time window, or over a month-index axis (drops it)",
     "annual_mean": "calendar-year means (time becomes mid-year decimal years)",
     "monthly_climatology": "mean of each calendar month over the window (time becomes month 1-12)",
     "seasonal_climatology": "mean of DJF, MAM, JJA, SON (time becomes season 0-3)",
@@ -35,8 +35,10 @@ class ObservationSpec:
 
     Attributes:
         name: name of the observation in the ObsSet (and in the loss), e.g. ``"olr"``.
-        path: NetCDF file, or a list of files concatenated along time (relative paths are taken
-            relative to the ``root`` given to :func:`~climgrad.data.load_observations`).
+        path: NetCDF file, or a list of files concatenated along time. In a spec file, relative
+            paths are taken from the spec file's own folder (:func:`read_spec_file` stores them
+            resolved); in a spec built in Python, from the ``root`` given to
+            :func:`~climgrad.data.load_observations` (default: the working directory).
         variable: the variable name in the file, e.g. ``"ulwrf"``.
         model_output: the model diagnostic it is compared with, e.g. ``"outgoing_longwave"``.
         units: the SI units the model diagnostic has, e.g. ``"W m-2"``; the file's ``units``
@@ -64,6 +66,10 @@ class ObservationSpec:
             ``"linear"``.
         min_coverage: fraction of a cell that must hold valid data for a mean to count;
             otherwise the cell is masked.
+        valid_range: plausibility check of the values after unit conversion:
+            ``"auto"`` (default) takes the range of the quantity from
+            :data:`~climgrad.data.plausibility.PLAUSIBLE_RANGES`; ``[min, max]`` in ``units``
+            (either may be ``None`` for an open end) replaces it; ``None`` switches the check off.
     """
 
     name: str
@@ -86,12 +92,57 @@ class ObservationSpec:
     quality_max: float = 0.0
     regrid: str = "auto"
     min_coverage: float = 0.5
+    valid_range: Any = "auto"  # "auto", None or [min, max]; Any keeps it a valid Hydra field
 
     def paths(self, root: str | Path | None = None) -> list[Path]:
-        """Return the file paths, relative ones resolved against ``root`` (default: cwd)."""
+        """Return the file paths, relative ones resolved against ``root`` (default: cwd).
+
+        Paths read from a spec file are already absolute (see :func:`read_spec_file`), so
+        ``root`` only affects specs built in Python or given inline.
+        """
         raw = [self.path] if isinstance(self.path, (str, Path)) else list(self.path)
         base = Path.cwd() if root is None else Path(root)
-        return [Path(p) if Path(p).is_absolute() else base / p for p in raw]
+        paths = [Path(p).expanduser() for p in raw]
+        return [p if p.is_absolute() else base / p for p in paths]
+
+    def plausible_range(
+        self, source: str | Path | None = None
+    ) -> tuple[float | None, float | None] | str | None:
+        """Return the validated ``valid_range``: ``"auto"``, ``None`` or ``(min, max)``.
+
+        Raises:
+            ObservationError: ``valid_range`` is not ``"auto"``, ``null`` or ``[min, max]``
+                with ``min < max``.
+        """
+        value = self.valid_range
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None if value is None else "auto"
+        where = f"observations[{self.name}].valid_range"
+        fix = (
+            f"write valid_range: [min, max] in the spec's units ({self.units}), e.g. "
+            "[150, 350] for a temperature in K (null for an open end), valid_range: null to "
+            "switch the plausibility check off, or leave it out for the automatic range"
+        )
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ObservationError(
+                source or _first_path(self.path), where, f"expected [min, max]; got {value!r}", fix
+            )
+        items = list(value)
+        bounds = [_number_or_none(item) for item in items]
+        low, high = bounds if len(bounds) == 2 else (None, None)
+        if (
+            len(items) != 2
+            or any(b is not None and not np.isfinite(b) for b in bounds)
+            or (low is None and high is None)
+            or (low is not None and high is not None and not low < high)
+        ):
+            raise ObservationError(
+                source or _first_path(self.path),
+                where,
+                f"expected [min, max] with min < max; got {items}",
+                fix,
+            )
+        return low, high
 
     def operators(self) -> list[str]:
         """Return the chain of operators, validated against :data:`OPERATORS`."""
@@ -186,6 +237,18 @@ class ModelGrid:
         )
 
 
+def _number_or_none(item: Any) -> float | None:
+    """``None`` stays (an open end); numbers become floats; anything else becomes NaN."""
+    if item is None:
+        return None
+    if isinstance(item, bool):
+        return float("nan")
+    try:
+        return float(item)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _first_path(path: Any) -> str:
     if isinstance(path, (str, Path)):
         return str(path)
@@ -194,8 +257,33 @@ def _first_path(path: Any) -> str:
 
 
 def spec_from_dict(raw: dict[str, Any], source: str | Path | None = None) -> ObservationSpec:
-    """Build an :class:`ObservationSpec` from a mapping, naming unknown or missing keys."""
-    return _dataclass_from_dict(ObservationSpec, raw, source, "observations")
+    """Build an :class:`ObservationSpec` from a mapping, naming unknown, missing or bad keys."""
+    spec: ObservationSpec = _dataclass_from_dict(ObservationSpec, raw, source, "observations")
+    path = spec.path
+    if not isinstance(path, (str, Path)) and hasattr(path, "__iter__"):
+        path = list(path)  # a tuple or an OmegaConf ListConfig becomes a plain list
+    if not _is_path_list(path):
+        raise ObservationError(
+            source,
+            f"observations[{spec.name}].path",
+            f"expected a file name or a list of file names; got {path!r}",
+            "write path: some/file.nc (relative to the spec file's folder) or a list of them",
+        )
+    spec.path = path
+    if hasattr(spec.valid_range, "__iter__") and not isinstance(spec.valid_range, str):
+        spec.valid_range = list(spec.valid_range)
+    spec.plausible_range(source)
+    return spec
+
+
+def _is_path_list(path: Any) -> bool:
+    if isinstance(path, (str, Path)):
+        return bool(str(path).strip())
+    return (
+        isinstance(path, list)
+        and bool(path)
+        and all(isinstance(p, (str, Path)) and str(p).strip() for p in path)
+    )
 
 
 def grid_from_dict(raw: dict[str, Any] | None, source: str | Path | None = None) -> ModelGrid:
@@ -240,16 +328,27 @@ def _dataclass_from_dict(cls: Any, raw: Any, source: str | Path | None, where: s
     return cls(**raw)
 
 
-def read_spec_file(path: str | Path) -> tuple[ModelGrid, list[ObservationSpec]]:
+def read_spec_file(
+    path: str | Path, root: str | Path | None = None
+) -> tuple[ModelGrid, list[ObservationSpec]]:
     """Read a YAML file with a ``grid`` mapping and an ``observations`` list.
 
-    Example file::
+    Relative ``path`` entries are taken from the spec file's own folder, whatever the working
+    directory, and stored as absolute paths, so the specs load from anywhere (and a ``root``
+    later given to :func:`~climgrad.data.load_observations` does not change them).
+
+    Args:
+        path: the YAML file.
+        root: folder that relative ``path`` entries are taken from instead of the spec file's
+            folder (for specs written against another base, e.g. ``--root`` of the command line).
+
+    Example file (``data/specs/olr.yaml``; the path is relative to ``data/specs/``)::
 
         grid:
           latitude_bands: 90
         observations:
           - name: olr
-            path: data/ebm_1d/ncep_r1_ltm_1991-2020/ulwrf.ntat.mon.ltm.1991-2020.nc
+            path: ../ebm_1d/ncep_r1_ltm_1991-2020/ulwrf.ntat.mon.ltm.1991-2020.nc
             variable: ulwrf
             model_output: outgoing_longwave_radiation
             units: W m-2
@@ -290,4 +389,16 @@ def read_spec_file(path: str | Path) -> tuple[ModelGrid, list[ObservationSpec]]:
             path, "observations", "must be a non-empty list", "list one mapping per observation"
         )
     grid = grid_from_dict(raw.get("grid"), path)
-    return grid, [spec_from_dict(entry, path) for entry in entries]
+    base = path.parent if root is None else Path(root)
+    specs = [spec_from_dict(entry, path) for entry in entries]
+    for spec in specs:
+        spec.path = _resolve_paths(spec.path, base)
+    return grid, specs
+
+
+def _resolve_paths(path: Any, base: Path) -> Any:
+    """Absolute form of a path entry (or list of them): relative ones start from ``base``."""
+    if isinstance(path, (str, Path)):
+        candidate = Path(path).expanduser()
+        return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    return [_resolve_paths(p, base) for p in path]
