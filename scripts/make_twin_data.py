@@ -26,38 +26,25 @@ import torch
 from hydra import compose, initialize_config_module
 
 import climgrad
-from climgrad.calibration import get_adapter, register_configs
-from climgrad.calibration.loop import _as_config, build_observations, resolve_dtype
+from climgrad.calibration import build_experiment, register_configs
+from climgrad.calibration.config import CONFIG_MODULE
+from climgrad.calibration.experiment import as_config
 
 
 def make_twin_dataset(overrides: list[str]) -> tuple[object, str]:
     """The synthetic observations of the composed config, as an xarray Dataset."""
     register_configs()
-    with initialize_config_module(config_module="climgrad.conf", version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         composed = compose(config_name="calibrate", overrides=overrides)
-    config = _as_config(composed)
+    config = as_config(composed)
     if config.data.kind != "twin":
         raise SystemExit(
             f"make_twin_data: data.kind is {config.data.kind!r}; choose a twin data config, "
             "e.g. experiment=twin_ebm1d or data=twin_two_layer."
         )
     torch.manual_seed(config.seed)
-    adapter = get_adapter(config.model.name)
-    dtype = resolve_dtype(config.trainer.dtype)
-    options = dict(config.model.options)
-    simulate_options = dict(config.model.simulate)
-    model = adapter.build(options, dtype=dtype, device=torch.device("cpu"))
-    observations = build_observations(
-        config.data,
-        adapter,
-        model,
-        model_options=options,
-        simulate_options=simulate_options,
-        device=torch.device("cpu"),
-        dtype=dtype,
-        launch_dir=Path.cwd(),
-    )
-    dataset = observations.to_xarray()
+    problem = build_experiment(config, device=torch.device("cpu"))
+    dataset = problem.observations.to_xarray()
     truth = ", ".join(f"{k}={v}" for k, v in dict(config.data.truth).items())
     dataset.attrs.update(
         Conventions="CF-1.8",

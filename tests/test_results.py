@@ -33,7 +33,7 @@ SMALL_EBM = [
 
 
 def _calibrate(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    return run_calibration(compose_config(overrides), run_dir, overrides=overrides, launch_dir=REPO)
+    return run_calibration(compose_config(overrides), run_dir, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_loads_from_any_working_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     run = load_run(ebm_run, checkpoint="last")
-    assert run.launch_dir == REPO  # no .hydra record: the checkout
+    assert run.config.paths.root_dir == str(REPO)  # recorded, resolved once by the run
     assert Path.cwd() == tmp_path
 
 
@@ -200,16 +200,25 @@ def test_two_layer_run_resolves_its_forcing_file_from_elsewhere(
     assert "time" in simulation.dims
 
 
-def test_launch_dir_is_read_from_the_hydra_record(ebm_run: Path, tmp_path: Path) -> None:
+def test_overrides_are_read_from_the_hydra_record(ebm_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(ebm_run, run_dir)
     (run_dir / ".hydra").mkdir()
-    (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {REPO}\n")
     (run_dir / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
-    run = load_run(run_dir)
-    assert run.launch_dir == REPO and run.overrides == ["seed=3"]
-    with pytest.raises(RunError, match="launch_dir="):
-        load_run(run_dir, launch_dir=tmp_path / "nowhere")
+    assert load_run(run_dir).overrides == ["seed=3"]
+
+
+def test_data_dir_relocates_a_moved_run(two_layer_run: Path, tmp_path: Path) -> None:
+    # The run's data folder "moves": a copy elsewhere, found through data_dir=.
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(REPO / "data" / "global_ebm", moved / "global_ebm")
+    run = load_run(two_layer_run, checkpoint="last", data_dir=moved)
+    assert run.config.paths.data_dir == str(moved)
+    assert run.config.model.options["forcing_file"].startswith(str(moved))
+    reference = load_run(two_layer_run, checkpoint="last")
+    assert run.compare().attrs["loss_misfit"] == reference.compare().attrs["loss_misfit"]
+    with pytest.raises(RunError, match="data_dir="):
+        load_run(two_layer_run, checkpoint="last", data_dir=tmp_path / "nowhere")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ Run ``climgrad-calibrate`` (or ``python -m climgrad.calibrate``) for the default
     climgrad-calibrate --cfg job                          # show the composed config
     climgrad-calibrate -m optimizer.lr=1e-3,1e-2 seed=0,1  # a sweep, one job per combination
 
-The configs live inside the package (``climgrad/conf``), so the app works from a checkout and
-from an installed wheel. Bad input ends with one line on stderr and exit status 2 (config) or 1
-(data, model); ``debug=true`` or ``hydra.verbose=true`` shows the traceback instead. See
-``docs/calibration.md``.
+The configs live in the top-level ``conf/``, shipped as the package ``climgrad.conf`` and loaded as
+``pkg://climgrad.conf``, so the app works from a checkout (edits to ``conf/`` count at once) and
+from an installed wheel, started from any directory: data and outputs follow ``paths.*``. Bad
+input ends with one line on stderr and exit status 2 (config) or 1 (data, model); ``debug=true``
+or ``hydra.verbose=true`` shows the traceback instead. See ``docs/calibration.md``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _wants_traceback(cfg: DictConfig) -> bool:
     return bool(cfg.get("debug", False)) or bool(verbose)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="calibrate")
+@hydra.main(version_base="1.3", config_path="pkg://climgrad.conf", config_name="calibrate")
 def _calibrate(cfg: DictConfig) -> float:
     from climgrad.calibration.loop import run_calibration
 
@@ -63,7 +64,6 @@ def _calibrate(cfg: DictConfig) -> float:
             cfg,
             Path(hydra_config.runtime.output_dir),
             overrides=list(hydra_config.overrides.task),
-            launch_dir=Path(hydra_config.runtime.cwd),
         )
     except (CalibrationError, ObservationError) as err:
         if _wants_traceback(cfg):

@@ -15,6 +15,11 @@
     ``dℓ/dθ = -λᵀ ∂F/∂θ`` with ``(∂F/∂x)ᵀ λ = ∂ℓ/∂x*``, one adjoint linear solve at the solution
     (e.g. Bai, Kolter & Koltun 2019, NeurIPS, "Deep Equilibrium Models"). The gradient is exact at
     the solution whatever the number of iterations, and costs no memory for them.
+``solve_with_restarts`` and ``continuation``
+    Where Newton needs a good start (steep switches, several equilibria), a model names its
+    starting points (a warm state, longer spin-ups, a cold start) and these try them in turn, or
+    walk the parameters from values that solve to the ones wanted. Every retry policy of the
+    package lives here, so models and the calibration layer only say where to start.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,8 +39,11 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "EquilibriumError",
     "EquilibriumInfo",
+    "continuation",
     "equilibrium",
+    "jacobian",
     "rollout",
+    "solve_with_restarts",
 ]
 
 StateDict = dict[str, Tensor]
@@ -171,6 +179,65 @@ class EquilibriumInfo:
 
 
 Residual = Callable[..., Tensor]
+_Start = TypeVar("_Start")
+_Solution = TypeVar("_Solution")
+
+#: Failures a restart may cure: Newton not converging, or a trial state outside the physical
+#: range of the residual (a process's input check raising ValueError).
+RECOVERABLE: tuple[type[Exception], ...] = (EquilibriumError, ValueError)
+
+
+def solve_with_restarts(
+    solve: Callable[[_Start], _Solution],
+    starts: Iterable[_Start],
+    *,
+    recoverable: tuple[type[Exception], ...] = RECOVERABLE,
+) -> _Solution:
+    """The first start from which ``solve`` succeeds.
+
+    ``starts`` may be a generator, so that an expensive start (a longer spin-up continuing the
+    previous one) is only computed when the cheaper ones before it failed.
+
+    Args:
+        solve: Solver of one start, e.g. Newton from a state.
+        starts: Starting points, cheapest (or most likely) first.
+        recoverable: Exceptions that mean "try the next start"; others propagate at once.
+
+    Returns:
+        ``solve(start)`` for the first start that does not raise.
+
+    Raises:
+        EquilibriumError: No start succeeded; the message counts them and quotes the last error.
+    """
+    failures: list[str] = []
+    for start in starts:
+        try:
+            return solve(start)
+        except recoverable as err:
+            failures.append(" ".join(str(err).split()))
+    if not failures:
+        raise EquilibriumError("no starting point was given to solve from.")
+    raise EquilibriumError(
+        f"no start converged ({len(failures)} tried); the last said: {failures[-1]}"
+    )
+
+
+def continuation(solve: Callable[[float], _Solution], stages: int = 4) -> _Solution:
+    """Solve at ``fraction = 0, 1/stages, ..., 1``, each solve starting where the last ended.
+
+    Natural-parameter continuation: ``solve(fraction)`` sets the parameters a fraction of the way
+    from values where a solve is known to succeed (``0``) to the ones wanted (``1``) and solves,
+    warm-starting from its previous solution (the caller keeps that state). It follows the
+    branch of equilibria the start is on, where a cold solve at the target might land on another.
+
+    Returns:
+        ``solve(1.0)``.
+    """
+    if stages < 1:
+        raise ValueError(f"`stages` must be >= 1; got {stages}.")
+    for stage in range(stages):
+        solve(stage / stages)
+    return solve(1.0)
 
 
 def _jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor:
@@ -214,17 +281,35 @@ def _jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor
         return torch.stack(rows, dim=-2)
 
 
+def jacobian(residual: Residual, x: Tensor, params: Sequence[Tensor] = ()) -> Tensor:
+    """``∂F/∂x`` of ``residual(x, *params)`` at ``x``, as :func:`equilibrium`'s Newton builds it.
+
+    ``torch.func`` (reverse mode, vmapped over independent rows) where the residual allows it;
+    residuals through compiled code (:func:`~climgrad.autograd.external`) get one batched
+    forward-mode product instead.
+
+    Args:
+        residual: ``F(x, *params) -> Tensor`` of the shape of ``x``.
+        x: The point, ``(n,)`` or ``(batch, n)`` with independent rows.
+        params: Further arguments of ``residual``.
+
+    Returns:
+        ``(n, n)`` or ``(batch, n, n)``.
+    """
+    return _jacobian(residual, x, params)
+
+
 def _jacobian_forward_mode(residual: Residual, x: Tensor, params: Sequence[Tensor]) -> Tensor:
     """``∂F/∂x`` by forward mode: all ``n`` Jacobian-vector products in one batched evaluation.
 
     ``x`` is replicated ``n`` times along a new leading dimension, replica ``k`` carrying the
     tangent ``e_k``, so the residual runs once on ``n`` times the rows (residuals must treat
     leading dimensions as independent rows, as the models here do). This matters because forward
-    mode pays a fixed cost per operation (about 0.5 ms for a binary op in torch 2.13, whose zero
-    tangents go through Python meta functions) that ``n`` separate products would pay ``n``
-    times. A residual that cannot take the extra dimension, or that mixes it with the others (a
-    matrix product over a one-dimensional state, say: checked by comparing the replicas' values
-    with one plain evaluation), is evaluated once per unknown instead.
+    mode pays a fixed cost per operation (zero tangents go through Python meta functions) that
+    ``n`` separate products would pay ``n`` times (measured in ``docs/rrtmg.md``). A residual
+    that cannot take the extra dimension, or that mixes it with the others (a matrix product over
+    a one-dimensional state, say: checked by comparing the replicas' values with one plain
+    evaluation), is evaluated once per unknown instead.
     """
     point = x.detach()
     detached = [p.detach() for p in params]

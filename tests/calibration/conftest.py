@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from climgrad.calibration.config import CONFIG_DIR, register_configs
+from climgrad.calibration.config import CONFIG_MODULE, config_dir, register_configs
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 #: Experiments whose model needs an optional extra, with the module that provides it.
 NEEDS = {"column_rrtmg_twpice": ("climt", "pip install 'climgrad[rrtmg]'")}
 
@@ -46,7 +46,7 @@ FAST = ["trainer.max_steps=3", "trainer.progress=false", "trainer.checkpoint_eve
 @contextmanager
 def hydra_context() -> Iterator[None]:
     register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         yield
 
 

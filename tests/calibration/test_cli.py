@@ -109,7 +109,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     assert metrics["steps"] == 10 and metrics["resumed_from"] == str(last)
 
     full = tmp_path / "full"
-    run_calibration(compose_config(TWIN), full, overrides=TWIN, launch_dir=REPO)
+    run_calibration(compose_config(TWIN), full, overrides=TWIN)
     one = torch.load(last, weights_only=True)
     other = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
     assert one["step"] == other["step"] == 10

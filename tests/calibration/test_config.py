@@ -11,14 +11,15 @@ from omegaconf import OmegaConf
 
 from climgrad.calibration.adapters import get_adapter
 from climgrad.calibration.config import (
-    CONFIG_DIR,
     GROUPS,
     CalibrateConfig,
     check_overrides,
+    config_dir,
 )
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.loss import CalibrationLoss
 from climgrad.calibration.optim import build_optimizer, build_schedule
+from climgrad.paths import project_root
 
 from .conftest import EXPERIMENTS, compose_config
 
@@ -29,7 +30,7 @@ PLUGINS = {
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 def _to_object(overrides: list[str]) -> CalibrateConfig:
@@ -42,7 +43,9 @@ def test_default_is_ebm_ncep() -> None:
     config = _to_object([])
     assert config.name == "ebm_ncep"
     assert config.model.name == "ebm1d"
-    assert config.data.spec == "data/specs/ebm_1d.yaml"
+    # ${paths.data_dir} resolves once to the checkout's data/ (or $CLIMGRAD_ROOT/data).
+    assert config.data.spec == str(project_root() / "data" / "specs" / "ebm_1d.yaml")
+    assert config.paths.output_dir == str(project_root() / "outputs")
 
 
 @pytest.mark.parametrize("group", [g for g in GROUPS if g not in ("experiment", "launcher")])
@@ -63,7 +66,7 @@ def test_launchers_compose(option: str) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_files_compose_and_start_with_their_command(experiment: str) -> None:
-    lines = (CONFIG_DIR / "experiment" / f"{experiment}.yaml").read_text().splitlines()
+    lines = (config_dir() / "experiment" / f"{experiment}.yaml").read_text().splitlines()
     assert lines[0] == "# @package _global_"
     assert lines[1] == f"# climgrad-calibrate experiment={experiment}"
     assert _to_object([f"experiment={experiment}"]).name == experiment
@@ -71,7 +74,7 @@ def test_experiment_files_compose_and_start_with_their_command(experiment: str) 
 
 def test_model_and_data_configs_have_no_hydra_interpolation() -> None:
     for group in ("model", "data"):
-        for path in (CONFIG_DIR / group).glob("*.yaml"):
+        for path in (config_dir() / group).glob("*.yaml"):
             assert "${hydra:" not in path.read_text(), path
 
 

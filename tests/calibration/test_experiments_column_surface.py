@@ -12,24 +12,15 @@ from typing import Any
 import pytest
 import torch
 
-from climgrad.calibration.adapters import ADAPTERS
-from climgrad.calibration.adapters_column import (
-    ColumnAdapter,
-    SiteColumnModel,
-    interpolate_log_pressure,
-    largest_growth_rate,
-)
-from climgrad.calibration.adapters_surface import (
-    FluxTowerModel,
-    SurfaceFluxAdapter,
-    skin_temperature,
-)
+from climgrad.calibration.adapters import ADAPTERS, ColumnAdapter, SurfaceFluxAdapter
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.loop import run_calibration
 from climgrad.constants import stefan_boltzmann
-from climgrad.data import ModelGrid
+from climgrad.data import ModelGrid, ObservationError
+from climgrad.models import FluxTowerModel, SiteColumnModel
+from climgrad.models.site_column import interpolate_log_pressure, largest_growth_rate
 from climgrad.physics.insolation import daily_mean_insolation
-from climgrad.physics.surface import latent_heat_flux, sensible_heat_flux
+from climgrad.physics.surface import latent_heat_flux, sensible_heat_flux, skin_temperature
 
 from .conftest import FAST, REPO, compose_config
 
@@ -37,9 +28,7 @@ CPU = torch.device("cpu")
 
 
 def _run(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
-    return run_calibration(
-        compose_config(overrides), tmp_path / "run", overrides=overrides, launch_dir=REPO
-    )
+    return run_calibration(compose_config(overrides), tmp_path / "run", overrides=overrides)
 
 
 def test_adapters_are_registered() -> None:
@@ -102,8 +91,10 @@ def test_column_window_keeps_1000_to_250_hpa(column: tuple[ColumnAdapter, Any]) 
     spec_grid = ModelGrid(pressure_levels=[1e5, 8.5e4, 5e4, 2.5e4, 2e4, 1.5e4, 1e4, 5e3])
     grid = adapter.observation_grid(model, spec_grid)
     assert grid.pressure_levels == [2.5e4, 5e4, 8.5e4, 1e5]
-    with pytest.raises(CalibrationError, match="top_pressure"):
+    with pytest.raises(ValueError, match="top_pressure"):
         model.window([5e3, 1e3])
+    with pytest.raises(CalibrationError, match=r"model\.options: no observation level"):
+        adapter.observation_grid(model, ModelGrid(pressure_levels=[5e3, 1e3]))
     adapter.observation_grid(model, ModelGrid(pressure_levels=[1e5, 7e4, 4e4, 2.5e4]))
 
 
@@ -188,9 +179,16 @@ def test_column_unknown_option_lists_the_site_options() -> None:
 # Surface-flux adapter
 
 
+TOWER = REPO / "data" / "surface_flux" / "arm_sgp_E39_20230601"
+TOWER_FILES = {
+    "flux_file": str(TOWER / "sgpecorsfE39.b1.20230601.000000.nc"),
+    "radiation_file": str(TOWER / "sgpsebsE39.b1.20230601.000000.cdf"),
+}
+
+
 @pytest.fixture(scope="module")
 def tower() -> FluxTowerModel:
-    model = SurfaceFluxAdapter().build({}, dtype=torch.float64, device=CPU)
+    model = SurfaceFluxAdapter().build(TOWER_FILES, dtype=torch.float64, device=CPU)
     assert isinstance(model, FluxTowerModel)
     return model
 
@@ -240,8 +238,12 @@ def test_tower_fluxes_are_the_bulk_formulae(tower: FluxTowerModel) -> None:
 
 
 def test_tower_missing_file_is_one_line() -> None:
-    with pytest.raises(CalibrationError, match="cannot read"):
-        SurfaceFluxAdapter().build({"flux_file": "no/such.nc"}, dtype=torch.float64, device=CPU)
+    files = {**TOWER_FILES, "flux_file": "no/such.nc"}
+    with pytest.raises(ObservationError, match="does not exist") as error:
+        SurfaceFluxAdapter().build(files, dtype=torch.float64, device=CPU)
+    assert "\n" not in str(error.value)
+    with pytest.raises(CalibrationError, match="flux_file is not set"):
+        SurfaceFluxAdapter().build({}, dtype=torch.float64, device=CPU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def test_rrtmg_column_with_a_missing_background_file_is_one_line(tmp_path: Path)
         *FAST,
         "model.options.background=data/single_column/no_such_atmosphere.dat",
     ]
-    with pytest.raises(CalibrationError, match="no such file") as error:
+    with pytest.raises(ObservationError, match="no such file") as error:
         _run(tmp_path, overrides)
     assert "\n" not in str(error.value) and "afgl_standard_atmospheres" in str(error.value)
     assert not (tmp_path / "run" / "params.nc").exists()
@@ -302,13 +304,11 @@ def test_column_warm_state_is_checkpointed_so_resume_and_load_run_follow_the_run
         "optimizer.schedule.name=constant",
     ]
     full = [*common, "trainer.max_steps=4"]
-    metrics = run_calibration(
-        compose_config(full), tmp_path / "full", overrides=full, launch_dir=REPO
-    )
+    metrics = run_calibration(compose_config(full), tmp_path / "full", overrides=full)
     first = [*common, "trainer.max_steps=2"]
-    run_calibration(compose_config(first), tmp_path / "split", overrides=first, launch_dir=REPO)
+    run_calibration(compose_config(first), tmp_path / "split", overrides=first)
     resumed = [*common, "trainer.max_steps=4", "trainer.resume=true"]
-    run_calibration(compose_config(resumed), tmp_path / "split", overrides=resumed, launch_dir=REPO)
+    run_calibration(compose_config(resumed), tmp_path / "split", overrides=resumed)
     one = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     other = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert "warm_air_temperature" in one["model"]

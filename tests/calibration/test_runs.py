@@ -17,16 +17,14 @@ from climgrad.calibration.loop import run_calibration
 from climgrad.data import ObservationError
 from climgrad.models.base import Model
 
-from .conftest import FAST, REPO, RUNNABLE_EXPERIMENTS, compose_config
+from .conftest import FAST, RUNNABLE_EXPERIMENTS, compose_config
 
 PARAMETERS = ("A", "B", "D", "a0", "a2")
 
 
 def _run(tmp_path: Path, overrides: list[str], name: str = "run") -> tuple[Path, dict[str, Any]]:
     run_dir = tmp_path / name
-    metrics = run_calibration(
-        compose_config(overrides), run_dir, overrides=overrides, launch_dir=REPO
-    )
+    metrics = run_calibration(compose_config(overrides), run_dir, overrides=overrides)
     return run_dir, metrics
 
 
@@ -131,10 +129,11 @@ def test_two_layer_reports_ecs_and_tcr(tmp_path: Path) -> None:
     assert set(metrics["rmse"]) == {"surface_temperature_anomaly", "energy_inventory"}
 
 
-def test_bad_data_root_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
+def test_bad_data_dir_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(ObservationError) as caught:
-        _run(tmp_path, [*FAST, "data.root=/nonexistent"])
+        _run(tmp_path, [*FAST, "paths.data_dir=/nonexistent"])
     assert "\n" not in str(caught.value) and "Fix:" in str(caught.value)
+    assert "paths.data_dir" in str(caught.value)
     assert not (tmp_path / "run").exists()
 
 

@@ -16,7 +16,8 @@ pytest.importorskip(
     "x86-64 Linux): pip install 'climgrad[rrtmg]'",
 )
 
-from climgrad.integrate import _jacobian
+from climgrad.data.afgl import read_afgl
+from climgrad.integrate import jacobian as _jacobian
 from climgrad.models.base import functional
 from climgrad.models.column import SingleColumnModel
 from climgrad.params import physical_parameters
@@ -24,7 +25,7 @@ from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_ins
 
 F64 = torch.float64
 AFGL = Path(__file__).resolve().parents[2] / "data/single_column/afgl_standard_atmospheres"
-TROPICAL = AFGL / "tropical.dat"
+TROPICAL = read_afgl(AFGL / "tropical.dat")
 LEVELS = 20
 LEARN = ("surface_albedo", "humidity_scale", "critical_lapse_rate")
 
@@ -77,6 +78,13 @@ def solved() -> tuple[SingleColumnModel, dict[str, torch.Tensor]]:
 def test_bad_configurations_are_one_line_errors(options: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match) as error:
         build(**options)
+    assert "\n" not in str(error.value)
+
+
+def test_a_background_path_is_refused_with_the_reader_named() -> None:
+    # Models take profile objects, never paths: climgrad.data reads the table.
+    with pytest.raises(TypeError, match=r"read_afgl\(") as error:
+        build(background=str(AFGL / "tropical.dat"))
     assert "\n" not in str(error.value)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 
 from climgrad.autograd.verify import check_gradients
 from climgrad.constants import seconds_per_year
+from climgrad.data.drivers import read_forcing_by_agent
 from climgrad.models.two_layer import (
     AR6_AEROSOL_AGENTS,
     AR6_AGENTS,
@@ -24,7 +27,22 @@ from climgrad.models.two_layer import (
     watt_year,
 )
 
-AR6_FILE = "data/global_ebm/ar6_erf_1750-2019.nc"
+AR6_FILE = Path(__file__).resolve().parents[2] / "data" / "global_ebm" / "ar6_erf_1750-2019.nc"
+
+
+def _ar6(
+    path: Path = AR6_FILE,
+    *,
+    start_year: int = 1850,
+    end_year: int = 2019,
+    agents: tuple[str, ...] = AR6_AGENTS,
+    **kwargs: Any,
+) -> TwoLayerEBM:
+    """The model on the shipped AR6 table (read by climgrad.data, handed in as arrays)."""
+    series = read_forcing_by_agent(path, agents, start_year=start_year, end_year=end_year)
+    return TwoLayerEBM.from_forcing(series, **kwargs)
+
+
 FORCING_4X = 2 * 3.93
 YEAR = float(seconds_per_year)
 
@@ -230,7 +248,7 @@ def test_positive_parameters_are_stored_as_logarithms_in_si_units():
 
 
 def test_ensemble_of_initial_states_runs_member_by_member():
-    model = TwoLayerEBM.from_ar6_file(end_year=1900)
+    model = _ar6(end_year=1900)
     initial = {
         "surface_temperature_anomaly": torch.tensor([0.0, 0.2, -0.1], dtype=torch.float64),
         "deep_ocean_temperature_anomaly": torch.tensor([0.0, 0.05, 0.0], dtype=torch.float64),
@@ -247,8 +265,8 @@ def test_ensemble_of_initial_states_runs_member_by_member():
 # The AR6 forcing file ----------------------------------------------------------------------
 
 
-def test_from_ar6_file_sums_agents_to_the_ar6_total_and_scales_aerosols():
-    model = TwoLayerEBM.from_ar6_file(AR6_FILE)
+def test_ar6_forcing_sums_agents_to_the_ar6_total_and_scales_aerosols():
+    model = _ar6()
     with xr.open_dataset(AR6_FILE) as dataset:
         total = dataset["erf_total"].sel(time=slice("1850", "2019")).values
         aerosol = dataset["erf_aerosol"].sel(time=slice("1850", "2019")).values
@@ -325,7 +343,7 @@ def _initial(requires_grad: bool = True) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("checkpoint_every", [None, 4])
 def test_check_gradients_on_a_short_rollout_every_parameter_live(checkpoint_every):
-    model = TwoLayerEBM.from_ar6_file(
+    model = _ar6(
         AR6_FILE,
         start_year=1880,
         end_year=1890,  # includes the 1883 Krakatoa eruption
@@ -358,7 +376,7 @@ def test_check_gradients_on_a_short_rollout_every_parameter_live(checkpoint_ever
 
 
 def test_checkpointed_rollout_matches_the_plain_one():
-    model = TwoLayerEBM.from_ar6_file(AR6_FILE, end_year=1950)
+    model = _ar6(end_year=1950)
     results = []
     for checkpoint_every in (None, 7):
         model.zero_grad()
@@ -381,14 +399,14 @@ def test_twin_experiment_recovers_every_parameter_to_one_percent():
     """Synthetic annual GMST 1850-2019 and heat content 1971-2019 (relative to 1971, as the
     energy inventory is) from the default parameters and the AR6 ERF; L-BFGS from a start 15-25 %
     off in every learnable parameter recovers each to better than 1 %."""
-    truth = TwoLayerEBM.from_ar6_file(AR6_FILE)
+    truth = _ar6()
     reference_index = 1971 - 1850
     with torch.no_grad():
         out = truth.simulate()
         temperature_obs = out["surface_temperature_anomaly"]
         heat = out["ocean_heat_content_zj"]
         heat_obs = heat[reference_index:] - heat[reference_index]
-    model = TwoLayerEBM.from_ar6_file(
+    model = _ar6(
         AR6_FILE,
         feedback=1.13 * 1.25,
         heat_exchange=0.7 * 0.8,
@@ -465,10 +483,10 @@ def test_bad_arguments_say_the_fix():
         TwoLayerEBM(forcing, learn=("lambda",))
     with pytest.raises(ValueError, match="not in forcing_scales"):
         TwoLayerEBM(forcing, scale_values={"aerosol": 1.0})
-    with pytest.raises(ValueError, match="available"):
-        TwoLayerEBM.from_ar6_file(AR6_FILE, agents=("co2", "aerosols"))
+    with pytest.raises(ValueError, match="choose agents from"):
+        _ar6(agents=("co2", "aerosols"))
     with pytest.raises(ValueError, match="covers the years 1750-2019"):
-        TwoLayerEBM.from_ar6_file(AR6_FILE, end_year=2023)
+        _ar6(end_year=2023)
     model = TwoLayerEBM(forcing)
     with pytest.raises(ValueError, match="Extend the forcing series"):
         model.simulate(steps=6)
@@ -482,7 +500,7 @@ def test_bad_arguments_say_the_fix():
 
 def test_aerosol_groups_default_only_with_both_aerosol_agents():
     assert all(a in AR6_AGENTS for a in AR6_AEROSOL_AGENTS)
-    model = TwoLayerEBM.from_ar6_file(AR6_FILE, agents=("co2", "volcanic"))
+    model = _ar6(agents=("co2", "volcanic"))
     assert "aerosol_forcing_scale" not in model.physical_parameters()
 
 
@@ -494,7 +512,7 @@ def test_aerosol_groups_default_only_with_both_aerosol_agents():
 def test_cuda_matches_cpu_in_values_and_gradients():
     results = []
     for device in ("cpu", "cuda"):
-        model = TwoLayerEBM.from_ar6_file(AR6_FILE, device=device)
+        model = _ar6(device=device)
         out = model.simulate(checkpoint_every=20)
         loss = out["surface_temperature_anomaly"].square().sum() + model.tcr()
         loss.backward()

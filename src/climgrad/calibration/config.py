@@ -1,11 +1,13 @@
 """Structured-config schemas of ``climgrad-calibrate``, registered in Hydra's ConfigStore.
 
-The YAML files in ``climgrad/conf/`` fill these dataclasses, so a misspelt key fails at
+The YAML files in the top-level ``conf/`` (shipped as the package ``climgrad.conf`` and loaded by
+Hydra as ``pkg://climgrad.conf``) fill these dataclasses, so a misspelt key fails at
 composition instead of being silently ignored. :func:`check_overrides` checks command-line keys
 against the same schemas before Hydra runs, so that a typo fails with one line listing the valid
 keys (Hydra's own message names the bad key but not the good ones).
 
-Groups: ``model`` (:class:`ModelConfig`), ``data`` (:class:`DataConfig`), ``loss``
+Groups: ``paths`` (:class:`PathsConfig`), ``model`` (:class:`ModelConfig`), ``data``
+(:class:`DataConfig`), ``loss``
 (:class:`LossConfig`), ``optimizer`` (:class:`OptimizerConfig`), ``trainer``
 (:class:`TrainerConfig`), ``logger`` (:class:`LoggerConfig`); ``experiment`` and ``launcher``
 files are ``# @package _global_`` and set several of these at once.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from collections.abc import Sequence
@@ -22,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from climgrad.calibration.errors import CalibrationError
 
 __all__ = [
-    "CONFIG_DIR",
+    "CONFIG_MODULE",
     "GROUPS",
     "CalibrateConfig",
     "DataConfig",
@@ -34,17 +39,51 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "ParamConfig",
+    "PathsConfig",
     "ScheduleConfig",
     "TrainerConfig",
     "TwinVariableConfig",
     "check_overrides",
+    "config_dir",
     "register_configs",
 ]
 
-#: The config tree shipped inside the package (works from a checkout and from a wheel).
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The package the top-level ``conf/`` ships as (``pkg://climgrad.conf`` for Hydra).
+CONFIG_MODULE = "climgrad.conf"
 #: Config groups selectable on the command line (``model=ebm1d``).
-GROUPS = ("model", "data", "loss", "optimizer", "trainer", "logger", "experiment", "launcher")
+GROUPS = (
+    "paths",
+    "model",
+    "data",
+    "loss",
+    "optimizer",
+    "trainer",
+    "logger",
+    "experiment",
+    "launcher",
+)
+
+
+def config_dir() -> Path:
+    """The folder of the configs: ``conf/`` of the checkout, or ``climgrad/conf`` of a wheel."""
+    return Path(str(importlib.resources.files(CONFIG_MODULE)))
+
+
+@dataclass
+class PathsConfig:
+    """Where runs read data and write outputs (see :mod:`climgrad.paths`).
+
+    Attributes:
+        root_dir: The project root: ``$CLIMGRAD_ROOT``, else the climgrad checkout, else the
+            working directory (resolved once). Relative paths in the config start here.
+        data_dir: Observations, specs, forcing and background files (default
+            ``<root_dir>/data``).
+        output_dir: Run directories (default ``<root_dir>/outputs``).
+    """
+
+    root_dir: str = "${climgrad_root:}"
+    data_dir: str = "${paths.root_dir}/data"
+    output_dir: str = "${paths.root_dir}/outputs"
 
 
 @dataclass
@@ -100,8 +139,11 @@ class DataConfig:
 
     Attributes:
         kind: ``"observations"`` (files) or ``"twin"`` (model output at ``truth``).
-        spec: Observation spec YAML (see ``docs/observations.md``); relative to the launch dir.
-        root: Directory the spec's relative data paths start from (default: the launch dir).
+        spec: Observation spec YAML (see ``docs/observations.md``), e.g.
+            ``${paths.data_dir}/specs/ebm_1d.yaml``; relative paths inside it start from its
+            own folder.
+        root: Directory relative paths of ``inline`` observations start from (default
+            ``paths.root_dir``).
         variables: Names of the spec's observations to fit (default: all of them).
         inline: More observations, ``name -> ObservationSpec fields`` (``path``, ``variable``,
             ``model_output``, ``units``, ``operator``, ``error``...), added to the spec's.
@@ -251,12 +293,13 @@ class CalibrateConfig:
         name: Experiment name (tags, outputs).
         seed: Seeds torch, numpy and random.
         debug: Show tracebacks on errors.
-        model, data, loss, optimizer, trainer, logger: The groups above.
+        paths, model, data, loss, optimizer, trainer, logger: The groups above.
     """
 
     name: str = "calibration"
     seed: int = 0
     debug: bool = False
+    paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -265,11 +308,25 @@ class CalibrateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+def _register_root_resolver() -> None:
+    from climgrad.paths import project_root
+
+    if not OmegaConf.has_resolver("climgrad_root"):
+        OmegaConf.register_new_resolver("climgrad_root", lambda: str(project_root()))
+
+
+# Configs that interpolate ${climgrad_root:} (paths.root_dir) resolve wherever this is imported,
+# Hydra running or not (a notebook reloading a run's config).
+_register_root_resolver()
+
+
 def register_configs() -> None:
-    """Register :class:`CalibrateConfig` as ``calibrate_schema`` (first in calibrate.yaml)."""
+    """Register :class:`CalibrateConfig` as ``calibrate_schema`` (first in calibrate.yaml) and
+    the ``climgrad_root`` resolver of ``paths.root_dir``."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="calibrate_schema", node=CalibrateConfig)
+    _register_root_resolver()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +334,7 @@ def register_configs() -> None:
 
 
 def _group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 def _field_types(schema: type) -> dict[str, Any]:
@@ -343,7 +400,7 @@ def check_overrides(arguments: Sequence[str]) -> None:
                 if choice not in options:
                     raise CalibrationError(
                         f"unknown {key} {choice!r}: the options are {', '.join(options)} "
-                        f"(files in {CONFIG_DIR / key})."
+                        f"(files in {config_dir() / key})."
                     )
             continue
         _check_key(key)

@@ -21,7 +21,7 @@ the surface pressure p_s, and a surface slab of heat capacity C_s. The tendencie
   condensation (:class:`~climgrad.physics.thermo.LargeScaleCondensation`).
 
 With the default settings (dry, no diffusion) one :meth:`step` is exactly one step of benchmark B2
-(shared/benchmarks.md B2.4), whose reference values the tests reproduce. Regime: a gray
+(``docs/benchmark_problems.md``, B2.4), whose reference values the tests reproduce. Regime: a gray
 atmosphere (no spectral detail, no clouds), dry convection relaxed to a fixed lapse rate: a
 teaching-and-calibration model of radiative-convective equilibrium (Manabe & Wetherald 1967;
 Frierson et al. 2006 for the gray radiation and relaxation), not a weather model.
@@ -62,7 +62,7 @@ Options add, with their own parameters (declared the same way):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,8 +70,15 @@ import torch
 from torch import Tensor, nn
 
 from climgrad.constants import gravity, heat_capacity_dry_air
-from climgrad.integrate import EquilibriumError, EquilibriumInfo, equilibrium, rollout
+from climgrad.integrate import (
+    EquilibriumError,
+    EquilibriumInfo,
+    equilibrium,
+    rollout,
+    solve_with_restarts,
+)
 from climgrad.models.base import Model, functional
+from climgrad.models.specs import HEAT_EXCHANGE, MOISTURE_EXCHANGE
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.convection import BettsMillerConvection
 from climgrad.physics.diffusion import VerticalDiffusion, VerticalGrid
@@ -110,14 +117,7 @@ OPTIONAL_SPECS: dict[str, ParamSpec] = {
         "vertical eddy diffusivity",
         transform=_LOG,
     ),
-    "moisture_exchange": ParamSpec(
-        "moisture_exchange",
-        "1",
-        1.5e-3,
-        (0.0, None),
-        "bulk moisture transfer coefficient C_E",
-        transform=_LOG,
-    ),
+    "moisture_exchange": MOISTURE_EXCHANGE,
     "critical_relative_humidity": ParamSpec(
         "critical_relative_humidity", "1", 0.9, (0.0, 1.0), "onset of large-scale condensation"
     ),
@@ -155,14 +155,7 @@ SPECS: dict[str, ParamSpec] = {
         "convective relaxation time",
         transform=_LOG,
     ),
-    "heat_exchange": ParamSpec(
-        "heat_exchange",
-        "1",
-        1.5e-3,
-        (0.0, None),
-        "bulk heat transfer coefficient C_H",
-        transform=_LOG,
-    ),
+    "heat_exchange": HEAT_EXCHANGE,
 }
 #: Parameters of the RRTMG configuration (``radiation="rrtmg"``) besides the convective and
 #: surface ones; the gray optical depth and its exponent do not exist there.
@@ -236,7 +229,8 @@ class SingleColumnModel(Model):
             (gray radiation only for ``moisture``).
         radiation: ``"gray"`` (default) or ``"rrtmg"`` (needs ``climgrad[rrtmg]``).
         background: With RRTMG: the background atmosphere (a
-            :class:`~climgrad.data.afgl.ReferenceAtmosphere` or the path of an AFGL table) giving
+            :class:`~climgrad.data.afgl.ReferenceAtmosphere`, e.g. from
+            :func:`~climgrad.data.afgl.read_afgl`; models take no paths) giving
             ozone, the well-mixed gases and the background humidity, interpolated in ln p.
         mole_fractions: With RRTMG: gas mole fractions (mol mol-1) by RRTMG's names, overriding
             the background's (e.g. ``{"carbon_dioxide": 381.9e-6}``).
@@ -276,7 +270,7 @@ class SingleColumnModel(Model):
         moisture_exchange: float = 1.5e-3,
         critical_relative_humidity: float = 0.9,
         radiation: str = "gray",
-        background: ReferenceAtmosphere | str | Path | None = None,
+        background: ReferenceAtmosphere | None = None,
         mole_fractions: Mapping[str, float] | None = None,
         humidity: str = "background",
         humidity_scale: float = 1.0,
@@ -315,9 +309,10 @@ class SingleColumnModel(Model):
                 "radiation='gray' only."
             )
         if isinstance(background, (str, Path)):
-            from climgrad.data.afgl import read_afgl
-
-            background = read_afgl(background)
+            raise TypeError(
+                "`background` must be a ReferenceAtmosphere, not a path: read the table with "
+                f"climgrad.data.afgl.read_afgl({str(background)!r}) and pass the result."
+            )
         if rrtmg and background is None:
             raise ValueError(
                 "radiation='rrtmg' needs a background atmosphere for ozone: pass "
@@ -614,8 +609,6 @@ class SingleColumnModel(Model):
             spin_up_steps = 500 if self.radiation == "rrtmg" else 200
         if tol is None:
             tol = 1e-3 if self.radiation == "rrtmg" else 1e-9
-        with torch.no_grad():
-            spun = self.run(dict(state), spin_up_steps) if spin_up_steps else dict(state)
         prognostic = ("air_temperature", "surface_temperature", "specific_humidity")
         forcing = {k: v for k, v in state.items() if k not in prognostic}
         bound, tensors = functional(self, "_residual")
@@ -624,14 +617,20 @@ class SingleColumnModel(Model):
             result: Tensor = bound(x, forcing, *params)
             return result
 
-        try:
-            packed = self._pack(spun).detach()
-            solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
-        except EquilibriumError:
-            if not spin_up_steps:
-                raise
+        def spun_up() -> Iterator[dict[str, Tensor]]:
+            # The second start continues the first spin-up, so it is only paid for if needed.
+            # (Yield outside no_grad: a generator suspended inside it would leave grad off.)
             with torch.no_grad():
-                spun = self.run(spun, 4 * spin_up_steps)
-            packed = self._pack(spun).detach()
-            solution = equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
+                spun = self.run(dict(state), spin_up_steps) if spin_up_steps else dict(state)
+            yield spun
+            if spin_up_steps:
+                with torch.no_grad():
+                    longer = self.run(spun, 4 * spin_up_steps)
+                yield longer
+
+        def newton(start: Mapping[str, Tensor]) -> Tensor:
+            packed = self._pack(start).detach()
+            return equilibrium(residual, packed, tensors, tol=tol, max_iter=max_iter, info=info)
+
+        solution = solve_with_restarts(newton, spun_up(), recoverable=(EquilibriumError,))
         return {**forcing, **self._unpack(solution)}

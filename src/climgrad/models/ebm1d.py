@@ -5,7 +5,8 @@
 with x = sin(latitude), the ice–albedo feedback a = a₀ + a₂P₂(x) + (a_i − a₀ − a₂P₂(x)) h(T_f − T)
 and no heat flux through the poles (Budyko 1969; Sellers 1969; North 1975, J. Atmos. Sci. 32,
 2033; North, Cahalan & Coakley 1981, Rev. Geophys. 19, 91). The terms are the processes of
-:mod:`climgrad.physics.ebm`; the discretisation is that of benchmark B3, whose reference equilibria
+:mod:`climgrad.physics.ebm`; the discretisation is that of benchmark B3
+(``docs/benchmark_problems.md``), whose reference equilibria
 the model reproduces. Regime: zonal- and annual-mean climate (or its seasonal cycle with daily
 insolation), a surface heat capacity of a mixed layer, linearised OLR: valid for present-day-like
 climates and moderate perturbations, not for snowball transitions in detail.

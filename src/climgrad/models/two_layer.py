@@ -44,13 +44,17 @@ name                      units      meaning                                    
 
 Heat capacities are given by Geoffroy et al. in W yr m-2 K-1; multiply by
 :data:`watt_year` (one year in seconds, :data:`climgrad.constants.seconds_per_year`) to get
-J m-2 K-1. The defaults are the CMIP5 multi-model mean of the efficacy model as quoted in the
-project's issue 4 (λ = 1.13, γ = 0.7, C = 8.0, C_d = 100, ε = 1.28).
+J m-2 K-1. The defaults are the CMIP5 multi-model mean of the efficacy model (Geoffroy et al.
+2013b: λ = 1.13, γ = 0.7, C = 8.0, C_d = 100, ε = 1.28).
 
 Example:
     >>> import torch
-    >>> from climgrad.models.two_layer import TwoLayerEBM
-    >>> model = TwoLayerEBM.from_ar6_file("data/global_ebm/ar6_erf_1750-2019.nc")
+    >>> from climgrad.data.drivers import read_forcing_by_agent
+    >>> from climgrad.models.two_layer import AR6_AGENTS, TwoLayerEBM
+    >>> from climgrad.paths import project_root
+    >>> table = project_root() / "data/global_ebm/ar6_erf_1750-2019.nc"
+    >>> series = read_forcing_by_agent(table, AR6_AGENTS, start_year=1850, end_year=2019)
+    >>> model = TwoLayerEBM.from_forcing(series)
     >>> out = model.simulate()  # 1850-2019, annual means
     >>> round(float(out["surface_temperature_anomaly"][-1]), 2)
     1.39
@@ -62,8 +66,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -77,6 +82,7 @@ __all__ = [
     "AR6_AEROSOL_AGENTS",
     "AR6_AGENTS",
     "GEOFFROY_2013_CMIP5_MEAN",
+    "AgentForcing",
     "TwoLayerEBM",
     "ar6_forcing_2x",
     "earth_surface_area",
@@ -125,7 +131,7 @@ AR6_AEROSOL_AGENTS: tuple[str, ...] = (
     "aerosol_cloud_interactions",
 )
 
-#: Geoffroy et al. (2013b) CMIP5 multi-model mean of the efficacy model, as quoted in issue 4,
+#: Geoffroy et al. (2013b) CMIP5 multi-model mean of the efficacy model,
 #: converted to SI (heat capacities in J m-2 K-1).
 GEOFFROY_2013_CMIP5_MEAN: dict[str, float] = {
     "feedback": 1.13,
@@ -192,18 +198,20 @@ _SMALLEST_HEAT_CAPACITY = 1.0e5
 _STATE = ("surface_temperature_anomaly", "deep_ocean_temperature_anomaly")
 
 
-def _find_data_file(path: str | Path) -> Path:
-    """``path`` as given, else relative to the checkout root (where ``data/`` lives)."""
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    checkout = Path(__file__).resolve().parents[3] / candidate
-    if checkout.exists():
-        return checkout
-    raise FileNotFoundError(
-        f"No forcing file at {candidate} (relative to {Path.cwd()}) or at {checkout}. Pass the "
-        "path of ar6_erf_1750-2019.nc from a climgrad checkout (data/global_ebm/)."
-    )
+class AgentForcing(Protocol):
+    """Annual forcing by agent, as :func:`climgrad.data.drivers.read_forcing_by_agent` gives it."""
+
+    @property
+    def values(self) -> np.ndarray[Any, Any]:
+        """ERF in W m-2, ``(year, agent)``."""
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """Agent names, one per column."""
+
+    @property
+    def start_year(self) -> int:
+        """Calendar year of the first row."""
 
 
 def _scale_spec(group: str) -> ParamSpec:
@@ -364,65 +372,39 @@ class TwoLayerEBM(Model):
     # Construction from the shipped AR6 file -------------------------------------------------
 
     @classmethod
-    def from_ar6_file(
+    def from_forcing(
         cls,
-        path: str | Path = "data/global_ebm/ar6_erf_1750-2019.nc",
+        series: AgentForcing,
         *,
-        start_year: int = 1850,
-        end_year: int = 2019,
-        agents: Sequence[str] = AR6_AGENTS,
         forcing_scales: Mapping[str, Sequence[str]] | None = None,
         **kwargs: object,
     ) -> TwoLayerEBM:
-        """Build the model from the AR6 ERF file (``erf_<agent>`` variables, annual, W m-2).
+        """Build the model from annual forcing by agent, one step per year.
 
         Args:
-            path: The CF NetCDF written by ``scripts/prepare_data.py``.
-            start_year, end_year: Calendar years of the first and last step (inclusive).
-            agents: Agent names without the ``erf_`` prefix (default: the 13 non-overlapping
-                agents, which sum to ``erf_total``).
+            series: ERF by agent in W m-2, e.g.
+                ``climgrad.data.drivers.read_forcing_by_agent(path, AR6_AGENTS, start_year=1850,
+                end_year=2019)`` on the shipped AR6 table.
             forcing_scales: Groups with a learnable multiplier (default: ``{"aerosol":
-                AR6_AEROSOL_AGENTS}`` when both aerosol agents are used, else none).
+                AR6_AEROSOL_AGENTS}`` when both aerosol agents are present, else none).
             **kwargs: Passed on to the constructor (parameter values, ``learn``, ``dtype``, ...).
 
         Returns:
-            A model with one annual step per year ``start_year..end_year``; the state starts at
-            zero anomaly at the beginning of ``start_year`` (AR6 ERF is relative to 1750).
+            A model with one annual step per row of ``series``; the state starts at zero anomaly
+            at the beginning of ``series.start_year`` (AR6 ERF is relative to 1750).
         """
-        import xarray as xr
-
-        if end_year < start_year:
-            raise ValueError(f"end_year ({end_year}) must not precede start_year ({start_year}).")
-        path = _find_data_file(path)
-        with xr.open_dataset(path) as dataset:
-            missing = [a for a in agents if f"erf_{a}" not in dataset]
-            if missing:
-                available = sorted(
-                    str(v)[4:]
-                    for v in dataset.data_vars
-                    if str(v).startswith("erf_") and not str(v).endswith(("_p05", "_p95"))
-                )
-                raise ValueError(f"{path} has no agent(s) {missing}; available: {available}.")
-            years = dataset["time"].dt.year.values
-            selected = (years >= start_year) & (years <= end_year)
-            found = years[selected]
-            if len(found) != end_year - start_year + 1:
-                raise ValueError(
-                    f"{path} covers the years {int(years.min())}-{int(years.max())}; choose "
-                    f"start_year and end_year inside that range (got {start_year}-{end_year})."
-                )
-            columns = [dataset[f"erf_{a}"].values[selected] for a in agents]
         dtype = kwargs.get("dtype", torch.float64)
         assert isinstance(dtype, torch.dtype)
-        forcing = torch.stack([torch.as_tensor(c, dtype=dtype) for c in columns], dim=-1)
+        agents = list(series.agents)
+        forcing = torch.as_tensor(np.asarray(series.values), dtype=dtype)
         if forcing_scales is None:
             has_aerosol = all(a in agents for a in AR6_AEROSOL_AGENTS)
             forcing_scales = {"aerosol": AR6_AEROSOL_AGENTS} if has_aerosol else {}
         return cls(
             forcing,
-            list(agents),
+            agents,
             forcing_scales=forcing_scales,
-            start_year=float(start_year),
+            start_year=float(series.start_year),
             time_step_years=1.0,
             **kwargs,  # type: ignore[arg-type]
         )

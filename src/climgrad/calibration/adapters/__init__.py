@@ -1,0 +1,32 @@
+"""Model adapters: each maps one model family's outputs onto observations.
+
+``model.name`` in the config selects one: ``ebm1d``, ``two_layer``, ``column``, ``surface_flux``.
+The interface and the registry are in :mod:`climgrad.calibration.adapters.base`; importing this
+package registers every family.
+"""
+
+from __future__ import annotations
+
+from climgrad.calibration.adapters.base import (
+    ADAPTERS,
+    ModelAdapter,
+    ObservationLayout,
+    get_adapter,
+    register_adapter,
+)
+from climgrad.calibration.adapters.column import ColumnAdapter
+from climgrad.calibration.adapters.ebm1d import EBM1DAdapter
+from climgrad.calibration.adapters.surface_flux import SurfaceFluxAdapter
+from climgrad.calibration.adapters.two_layer import TwoLayerAdapter
+
+__all__ = [
+    "ADAPTERS",
+    "ColumnAdapter",
+    "EBM1DAdapter",
+    "ModelAdapter",
+    "ObservationLayout",
+    "SurfaceFluxAdapter",
+    "TwoLayerAdapter",
+    "get_adapter",
+    "register_adapter",
+]

@@ -1,0 +1,388 @@
+"""Run services: checkpoints, resume, TensorBoard, progress, stopping and end-of-run outputs.
+
+Every method shares them. :class:`RunServices` owns the run directory: ``checkpoints/last.pt``
+and ``best.pt`` (atomic, ``torch.load(weights_only=True)``), ``tb/``, and at the end
+``params.nc``, ``fit.nc`` and ``metrics.json``. Everything a later step depends on (parameters,
+optimizer and schedule state, :class:`Progress`, RNG) is in the checkpoint, so on the CPU in
+float64 a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from climgrad.calibration.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from climgrad.calibration.config import CalibrateConfig
+from climgrad.calibration.errors import CalibrationError
+from climgrad.calibration.experiment import Problem, config_yaml
+from climgrad.calibration.methods import GradientMethod, StepResult, state_copy
+from climgrad.calibration.outputs import summary_table, write_fit, write_metrics, write_params
+from climgrad.calibration.tensorboard_logger import TensorBoardLogger, flatten_overrides
+from climgrad.params import physical_parameters
+
+__all__ = ["Progress", "RunServices"]
+
+log = logging.getLogger("climgrad.calibrate")
+
+#: Config keys that may differ between a checkpoint and the run resuming it without a warning.
+_RESUME_NEUTRAL = ("trainer.resume", "trainer.max_steps", "trainer.step_delay", "trainer.progress")
+
+
+@dataclasses.dataclass
+class Progress:
+    """Everything besides model and method that later steps depend on (checkpointed)."""
+
+    step: int = 0
+    best_loss: float = float("inf")
+    best_step: int = -1
+    last_improvement: int = 0
+    nonfinite_streak: int = 0
+    skipped: int = 0
+    elapsed: float = 0.0
+    first_bad: str = ""
+    stop_reason: str = ""
+
+
+def _cpu(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _config_differences(old_yaml: str, new: CalibrateConfig) -> list[str]:
+    old = _flat(OmegaConf.to_container(OmegaConf.create(old_yaml)))
+    current = _flat(OmegaConf.to_container(OmegaConf.structured(new), resolve=True))
+    return [
+        k
+        for k in sorted(set(old) | set(current))
+        if old.get(k) != current.get(k) and not any(k.startswith(n) for n in _RESUME_NEUTRAL)
+    ]
+
+
+class RunServices:
+    """The run directory and everything written to it; progress and the stopping rules.
+
+    Args:
+        config: The run's config.
+        run_dir: Output directory.
+        overrides: Command-line overrides (recorded in outputs and hparams).
+        problem: The problem being calibrated.
+        method: The method updating its parameters.
+    """
+
+    def __init__(
+        self,
+        config: CalibrateConfig,
+        run_dir: Path,
+        overrides: list[str],
+        problem: Problem,
+        method: GradientMethod,
+    ) -> None:
+        self.config = config
+        self.trainer = config.trainer
+        self.run_dir = run_dir
+        self.overrides = overrides
+        self.problem = problem
+        self.method = method
+        self.config_yaml = config_yaml(config)
+        self.progress = Progress()
+        self.best_state = state_copy(problem.model)
+        self.initial = physical_parameters(problem.model)
+        self.resumed_from: str | None = None
+        self.stop_message = ""
+        self.board: TensorBoardLogger | None = None
+        self._bar: Any = None
+        self._session_start = 0.0
+        self._elapsed_before = 0.0
+
+    # -- start ------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from ``trainer.resume``'s checkpoint, if any (before :meth:`open`)."""
+        root = Path(self.config.paths.root_dir)
+        path = resolve_resume(self.trainer.resume, self.run_dir, root)
+        if path is None:
+            return
+        checkpoint = load_checkpoint(path)
+        changed = _config_differences(checkpoint["config"], self.config)
+        if changed:
+            log.warning("Resuming with a config that differs in: %s", ", ".join(changed))
+        device = self.problem.device
+        self.problem.model.load_state_dict(checkpoint["model"])
+        self.method.load_state_dict(
+            {"optimizer": checkpoint["optimizer"], "schedule": checkpoint["schedule"]},
+            self.trainer.max_steps,
+        )
+        self.progress = Progress(**checkpoint["progress"])
+        self.progress.stop_reason = ""
+        self.best_state = {k: v.to(device) for k, v in checkpoint["best_model"].items()}
+        self.initial = {k: v.to(device) for k, v in checkpoint["initial"].items()}
+        torch.set_rng_state(checkpoint["rng"])
+        self.resumed_from = str(path)
+        log.info("Resuming from %s at step %d.", path, self.progress.step)
+
+    def __enter__(self) -> RunServices:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def open(self) -> None:
+        """Create the checkpoint and TensorBoard directories and the progress bar."""
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if self.config.logger.tensorboard:
+            self.board = TensorBoardLogger(
+                self.run_dir / "tb",
+                purge_step=self.progress.step if self.resumed_from else None,
+                histograms=self.config.logger.histograms,
+            )
+        if self.trainer.progress:
+            try:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(
+                    total=self.trainer.max_steps,
+                    initial=self.progress.step,
+                    desc=self.config.name,
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                )
+            except ImportError:
+                log.info("tqdm is not installed: no progress bar (log lines instead).")
+        self._session_start = time.perf_counter()
+        self._elapsed_before = self.progress.elapsed
+
+    # -- during the run ---------------------------------------------------------------------
+
+    def running(self) -> bool:
+        """Whether another step is due (``trainer.max_steps`` not reached, no stop decided)."""
+        if self.progress.stop_reason:
+            return False
+        if self.progress.step >= self.trainer.max_steps:
+            self.progress.stop_reason = "max_steps"
+            self.stop_message = f"reached trainer.max_steps={self.trainer.max_steps}"
+            return False
+        return True
+
+    def observe(self, result: StepResult) -> None:
+        """Log a step at its evaluation point and keep the best state."""
+        step, logger, progress = self.progress.step, self.config.logger, self.progress
+        if self.board is not None and step % max(logger.every, 1) == 0:
+            values = {f"loss/{k}": v for k, v in result.terms.as_floats().items()}
+            values.update({f"grad_norm/{k}": v for k, v in result.gradient_norms.items()})
+            values["optimizer/lr"] = result.learning_rate
+            self.board.scalars(values, step)
+            self.board.parameters(result.parameters, step)
+        if self.board is not None and logger.figure_every > 0 and step % logger.figure_every == 0:
+            with torch.no_grad():
+                predictions = self.problem.predictions(self.problem.simulate())
+            self.board.figures(self.problem.observations, predictions, step)
+        if result.loss < progress.best_loss:
+            if result.loss < progress.best_loss - self.trainer.plateau_tol * abs(
+                progress.best_loss
+            ):
+                progress.last_improvement = step
+            progress.best_loss, progress.best_step = result.loss, step
+            self.best_state = result.state
+
+    def advance(self, result: StepResult) -> None:
+        """Count a taken step: progress, checkpoints, stopping rules."""
+        progress, trainer = self.progress, self.trainer
+        step = progress.step
+        progress.nonfinite_streak = 0
+        progress.step += 1
+        progress.elapsed = self._elapsed_before + time.perf_counter() - self._session_start
+        gradient_norm = result.gradient_norms["total"]
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{result.loss:.5g}", refresh=False)
+        elif trainer.log_every > 0 and step % trainer.log_every == 0:
+            log.info(
+                "step %d/%d loss %.6g |grad| %.3g",
+                step,
+                trainer.max_steps,
+                result.loss,
+                gradient_norm,
+            )
+        if progress.step % trainer.checkpoint_every == 0:
+            self.save_checkpoints()
+        if trainer.step_delay > 0:
+            time.sleep(trainer.step_delay)
+        if gradient_norm < trainer.min_grad_norm:
+            progress.stop_reason = "small_gradient"
+            self.stop_message = f"gradient norm {gradient_norm:.3g} < trainer.min_grad_norm"
+        elif (
+            trainer.plateau_patience > 0
+            and progress.step - progress.last_improvement > trainer.plateau_patience
+        ):
+            progress.stop_reason = "plateau"
+            self.stop_message = (
+                f"no relative improvement above {trainer.plateau_tol:g} for "
+                f"{trainer.plateau_patience} steps"
+            )
+
+    def skip(self, why: str) -> None:
+        """Count a skipped step; stop after ``trainer.max_nonfinite`` in a row."""
+        progress = self.progress
+        step = progress.step
+        progress.skipped += 1
+        progress.nonfinite_streak += 1
+        if progress.nonfinite_streak == 1:
+            progress.first_bad = f"step {step}: {why}"
+        log.warning("Step %d skipped: %s.", step, why)
+        if self.board is not None:
+            self.board.scalars({"nonfinite/skipped": progress.skipped}, step)
+        progress.step += 1
+        if progress.nonfinite_streak >= self.trainer.max_nonfinite:
+            progress.stop_reason = "nonfinite"
+            self.stop_message = (
+                f"stopped after {progress.nonfinite_streak} non-finite steps in a row; "
+                f"it started at {progress.first_bad}. The last good checkpoint is kept."
+            )
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _payload(self, state: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+        model = self.problem.model
+        method_state = self.method.state_dict()
+        return {
+            "step": self.progress.step,
+            "model": _cpu(dict(state) if state is not None else state_copy(model)),
+            "optimizer": _cpu(method_state["optimizer"]),
+            "schedule": method_state["schedule"],
+            "progress": dataclasses.asdict(self.progress),
+            "best_model": _cpu(self.best_state),
+            "initial": _cpu(self.initial),
+            "parameters": _cpu(physical_parameters(model)),
+            "rng": torch.get_rng_state(),
+            "config": self.config_yaml,
+            "overrides": self.overrides,
+        }
+
+    def save_checkpoints(self, *, last: bool = True) -> None:
+        """``last.pt`` (the current state) and ``best.pt`` (the best state so far)."""
+        checkpoints = self.run_dir / "checkpoints"
+        if last:
+            save_checkpoint(checkpoints / "last.pt", self._payload())
+        save_checkpoint(checkpoints / "best.pt", self._payload(self.best_state))
+
+    # -- end --------------------------------------------------------------------------------
+
+    def finish(self, wall_start: float) -> dict[str, Any]:
+        """Final checkpoints, ``params.nc``, ``fit.nc``, TensorBoard summary, ``metrics.json``.
+
+        Raises:
+            CalibrationError: The run stopped on non-finite steps (after writing its outputs).
+        """
+        progress, problem, config = self.progress, self.problem, self.config
+        progress.elapsed = self._elapsed_before + time.perf_counter() - self._session_start
+        log.info("Stopped at step %d: %s.", progress.step, self.stop_message)
+        if progress.stop_reason == "nonfinite":
+            # Keep last.pt as the last good state; report the best parameters.
+            problem.model.load_state_dict(self.best_state)
+            self.save_checkpoints(last=False)
+        else:
+            self.save_checkpoints()
+        with torch.no_grad():
+            outputs = problem.simulate()
+            terms = problem.evaluate(outputs)
+        final = terms.as_floats()
+        rmse = problem.loss.rmse(outputs)
+        metrics: dict[str, Any] = {
+            "experiment": config.name,
+            "model": config.model.name,
+            "stop_reason": progress.stop_reason,
+            "stop_message": self.stop_message,
+            "steps": progress.step,
+            "skipped_steps": progress.skipped,
+            "loss": final,
+            "rmse": rmse,
+            "units": {name: v.units for name, v in problem.observations.items()},
+            "best_loss": progress.best_loss,
+            "best_step": progress.best_step,
+            "parameters": {
+                k: v.double().cpu().tolist() for k, v in physical_parameters(problem.model).items()
+            },
+            "derived": problem.derived(outputs),
+            "optimizer_time_s": progress.elapsed,
+            "wall_time_s": time.perf_counter() - wall_start,
+            "device": str(problem.device),
+            "dtype": config.trainer.dtype,
+            "seed": config.seed,
+            "resumed_from": self.resumed_from,
+            "overrides": self.overrides,
+        }
+        write_params(
+            self.run_dir / "params.nc",
+            problem.model,
+            self.initial,
+            experiment=config.name,
+            overrides=self.overrides,
+            config_yaml=self.config_yaml,
+        )
+        predictions = problem.predictions(outputs)
+        write_fit(self.run_dir / "fit.nc", problem.observations, predictions, config.name)
+        self._close_board(final, rmse, predictions)
+        metrics["wall_time_s"] = time.perf_counter() - wall_start
+        write_metrics(self.run_dir / "metrics.json", metrics)
+        print(
+            f"\n{config.name}: {progress.step} steps in {metrics['wall_time_s']:.1f} s on "
+            f"{problem.device} ({config.trainer.dtype}), loss {final['total']:.6g}; "
+            f"stopped: {self.stop_message}"
+        )
+        print(summary_table(problem.model, self.initial))
+        units = {name: v.units for name, v in problem.observations.items()}
+        print("RMSE: " + ", ".join(f"{k} {v:.4g} {units[k]}" for k, v in rmse.items()))
+        print(f"Outputs in {self.run_dir}")
+        if progress.stop_reason == "nonfinite":
+            raise CalibrationError(self.stop_message)
+        return metrics
+
+    def _close_board(
+        self, final: dict[str, float], rmse: dict[str, float], predictions: dict[str, Tensor]
+    ) -> None:
+        if self.board is None:
+            return
+        config, step = self.config, self.progress.step
+        final_scalars = {f"final/loss_{k}": v for k, v in final.items()}
+        final_scalars.update({f"final/rmse_{k}": v for k, v in rmse.items()})
+        if config.logger.figure_every > 0:
+            self.board.figures(self.problem.observations, predictions, step)
+        if config.logger.hparams:
+            hyper: dict[str, Any] = {
+                "experiment": config.name,
+                "seed": config.seed,
+                "optimizer": config.optimizer.name,
+                "lr": config.optimizer.lr,
+            }
+            hyper.update(flatten_overrides(self.overrides))
+            self.board.hparams(hyper, final_scalars, step)
+        else:
+            self.board.scalars(final_scalars, step)
+        self.board.close()

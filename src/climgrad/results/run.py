@@ -1,0 +1,558 @@
+"""Calibrated runs in notebooks: :func:`load_run` and :class:`Run`.
+
+One line gives everything a ``climgrad-calibrate`` run produced, without Hydra running and from
+any working directory::
+
+    run = climgrad.load_run("outputs/2026-11-25/23-38-00")      # checkpoint="best" by default
+    run.params, run.history, run.compare()                       # xarray, pandas, xarray
+    run.simulate(B=2.0)                                          # a what-if on the obs grid
+
+:func:`load_run` reads the checkpoint with ``torch.load(weights_only=True)`` (no code is
+unpickled), takes the resolved config from the YAML string it holds, and rebuilds model,
+observations and loss with :func:`~climgrad.calibration.experiment.build_experiment`, exactly as
+the run did. The config's paths are absolute (``paths.data_dir`` resolved when the run started);
+for a run moved to another machine, ``load_run(..., data_dir=...)`` points them at the data there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from climgrad.calibration.adapters import ModelAdapter
+from climgrad.calibration.checkpoint import CHECKPOINT_FORMAT
+from climgrad.calibration.config import CalibrateConfig
+from climgrad.calibration.errors import CalibrationError
+from climgrad.calibration.experiment import Problem, build_experiment, resolve_device
+from climgrad.calibration.outputs import write_params
+from climgrad.data import ObservationError
+from climgrad.integrate import EquilibriumError, continuation
+from climgrad.params import configure_parameters, physical_parameters
+from climgrad.results import plots
+from climgrad.results.common import RunError, check_run_dir, load_dataset, overrides
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["Run", "load_run"]
+
+_HISTORY_COLUMNS = ["step", "tag", "value"]
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or corrupt files
+        raise RunError(
+            f"cannot read {path} with torch.load(weights_only=True) ({err}); it is not a "
+            "climgrad checkpoint or was written by an incompatible climgrad version."
+        ) from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise RunError(f"{path} is not a climgrad checkpoint (no 'format' entry).")
+    if payload["format"] != CHECKPOINT_FORMAT or not {"model", "config"} <= set(payload):
+        raise RunError(
+            f"{path} has checkpoint format {payload['format']!r} but this climgrad reads "
+            f"format {CHECKPOINT_FORMAT}; load it with the climgrad version that wrote it "
+            "(params.nc's 'source' attribute names it)."
+        )
+    return payload
+
+
+def _relocate(node: Any, old: str, new: str) -> Any:
+    """Strings under the folder ``old`` moved to ``new`` (recursively through containers)."""
+    if isinstance(node, dict):
+        return {key: _relocate(value, old, new) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_relocate(value, old, new) for value in node]
+    if isinstance(node, str) and (node == old or node.startswith(old.rstrip("/") + "/")):
+        return new + node[len(old.rstrip("/")) :]
+    return node
+
+
+def _structured_config(
+    config_yaml: str, where: Path, data_dir: Path | None = None
+) -> tuple[DictConfig, CalibrateConfig]:
+    try:
+        recorded = OmegaConf.create(config_yaml)
+        if data_dir is not None:
+            old = OmegaConf.select(recorded, "paths.data_dir")
+            container = OmegaConf.to_container(recorded)
+            if old:
+                container = _relocate(container, str(old), str(data_dir))
+            recorded = OmegaConf.create(container)
+            OmegaConf.update(recorded, "paths.data_dir", str(data_dir), force_add=True)
+        merged = OmegaConf.merge(OmegaConf.structured(CalibrateConfig), recorded)
+        config = OmegaConf.to_object(merged)
+    except Exception as err:  # omegaconf's validation errors have many types
+        message = " ".join(str(err).split())
+        raise RunError(
+            f"the config in {where} does not fit this climgrad's schema ({message}); it was "
+            "written by an incompatible climgrad version."
+        ) from None
+    assert isinstance(config, CalibrateConfig) and isinstance(merged, DictConfig)
+    OmegaConf.set_readonly(merged, True)
+    return merged, config
+
+
+def _history(tb_dir: Path) -> pd.DataFrame:
+    """Every TensorBoard scalar under ``tb_dir`` as rows ``(step, tag, value)``."""
+    if not tb_dir.is_dir():
+        return pd.DataFrame({"step": [], "tag": [], "value": []}).astype(
+            {"step": "int64", "tag": "object", "value": "float64"}
+        )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows: list[tuple[int, str, float]] = []
+    event_dirs = sorted(
+        {Path(root) for root, _, files in os.walk(tb_dir) if any("tfevents" in f for f in files)}
+    )
+    for directory in event_dirs:
+        # purge_orphaned_data drops the steps a resumed run rewrote.
+        accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            rows.extend((event.step, tag, event.value) for event in accumulator.Scalars(tag))
+    frame = pd.DataFrame(rows, columns=_HISTORY_COLUMNS)
+    frame = frame.drop_duplicates(subset=["step", "tag"], keep="last")
+    return frame.sort_values(["tag", "step"], kind="stable").reset_index(drop=True)
+
+
+class Run:
+    """A calibration run loaded back: config, parameters, model, observations, history.
+
+    Build it with :func:`load_run`.
+
+    Attributes:
+        run_dir: The run's output directory.
+        checkpoint: Path of the checkpoint the model was loaded from.
+        step: Optimisation steps taken when that checkpoint was written.
+        config: The resolved config (read-only ``DictConfig``); ``config_yaml`` as text.
+        overrides: The run's command-line overrides.
+        problem: The run's problem as :func:`~climgrad.calibration.build_experiment` rebuilds it.
+        adapter: The model family's adapter (``model.name``).
+        model: The model with the checkpoint's parameters, in eval mode, on ``device``.
+        observation_set: The observations as tensors (:class:`~climgrad.data.ObsSet`), on the
+            observation grid, ``device`` and the run's dtype.
+        observations: The same as an xarray Dataset (``<name>``, ``<name>_error``,
+            ``<name>_weights``; NaN where masked).
+        params: Calibrated parameters (:attr:`params`).
+        metrics: ``metrics.json`` (``None`` for a run still in progress).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        checkpoint: Path,
+        payload: Mapping[str, Any],
+        *,
+        device: torch.device,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+        progress = payload.get("progress", {})
+        # best.pt records the run's step count; its parameters are those of the best step.
+        best = checkpoint.name == "best.pt" and int(progress.get("best_step", -1)) >= 0
+        self.step = int(progress["best_step"] if best else payload.get("step", -1))
+        self.config_yaml = str(payload["config"])
+        self.config, self._config = _structured_config(self.config_yaml, checkpoint, data_dir)
+        self.overrides = overrides(run_dir, payload.get("overrides", []))
+        self.device = device
+        self.problem = self._build()
+        self.adapter: ModelAdapter = self.problem.adapter
+        self.model = self.problem.model
+        self.observation_set = self.problem.observations
+        self.simulate_options = self.problem.simulate_options
+        self.dtype = self.problem.dtype
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise RunError(
+                f"the parameters in {checkpoint} do not fit the {self._config.model.name} model "
+                f"this climgrad builds ({' '.join(str(err).split())[:300]}); the checkpoint is "
+                "from an incompatible climgrad version."
+            ) from None
+        self.model.eval()
+        self.observations = self.observation_set.to_xarray()
+        self.observations.attrs["experiment"] = self._config.name
+        self._loss = self.problem.loss
+        self._initial = {k: v for k, v in payload.get("initial", {}).items()}
+        metrics_file = run_dir / "metrics.json"
+        self.metrics: dict[str, Any] | None = (
+            json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        )
+        self.params = self._params()
+
+    # -- building -------------------------------------------------------------------------
+
+    def _build(self) -> Problem:
+        try:
+            return build_experiment(self._config, device=self.device)
+        except (CalibrationError, ObservationError, OSError) as err:
+            raise RunError(
+                f"cannot rebuild the run's model and observations ({' '.join(str(err).split())}); "
+                "if the run's data are elsewhere now, pass load_run(..., data_dir=<the folder "
+                "holding climgrad's data>)."
+            ) from None
+
+    def _params(self) -> xr.Dataset:
+        params_file = self.run_dir / "params.nc"
+        if params_file.is_file():
+            params = load_dataset(params_file)
+        else:
+            # A run in progress has no params.nc yet: write the same file from the model.
+            with tempfile.TemporaryDirectory() as scratch:
+                path = write_params(
+                    Path(scratch) / "params.nc",
+                    self.model,
+                    self._initial,
+                    experiment=self._config.name,
+                    overrides=self.overrides,
+                    config_yaml=self.config_yaml,
+                )
+                params = load_dataset(path)
+        # params.nc holds the final parameters; best.pt can be a step or more earlier.
+        for name, value in physical_parameters(self.model).items():
+            if name in params:
+                params[name] = params[name].copy(
+                    data=value.double().cpu().numpy().reshape(params[name].shape)
+                )
+        params.attrs.update(checkpoint=self.checkpoint.name, step=self.step)
+        return params
+
+    # -- properties -----------------------------------------------------------------------
+
+    @cached_property
+    def history(self) -> pd.DataFrame:
+        """TensorBoard scalars as a DataFrame with columns ``step``, ``tag``, ``value``.
+
+        Tags as in ``docs/calibration.md`` (``loss/total``, ``param/<name>``, ...); values in
+        the tags' units (parameters physical). Empty for a run logged with ``logger=none``.
+        """
+        return _history(self.run_dir / "tb")
+
+    def parameter_table(self) -> pd.DataFrame:
+        """One row per parameter: calibrated and initial values, units, bounds, learnable."""
+        rows = []
+        for name, variable in self.params.data_vars.items():
+            values = np.asarray(variable.values)
+            initial = variable.attrs.get("initial_value")
+            rows.append(
+                {
+                    "parameter": str(name),
+                    "calibrated": float(values) if values.size == 1 else values,
+                    "initial": (
+                        float(np.asarray(initial).reshape(-1)[0])
+                        if initial is not None and np.asarray(initial).size == 1
+                        else initial
+                    ),
+                    "units": variable.attrs.get("units", ""),
+                    "valid_min": variable.attrs.get("valid_min", -math.inf),
+                    "valid_max": variable.attrs.get("valid_max", math.inf),
+                    "learnable": bool(variable.attrs.get("learnable", 0)),
+                    "long_name": variable.attrs.get("long_name", str(name)),
+                }
+            )
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({self._config.name!r}, model={self._config.model.name}, "
+            f"checkpoint={self.checkpoint.name} at step {self.step}, "
+            f"observations=[{', '.join(self.observation_set)}], dir={str(self.run_dir)!r})"
+        )
+
+    # -- simulate, compare, plot ----------------------------------------------------------
+
+    def _evaluate(
+        self, settings: Mapping[str, Any]
+    ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, Tensor]]:
+        """Outputs, derived scalars and parameters at ``settings``; the model is restored."""
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            for name, value in settings.items():
+                try:
+                    configure_parameters(self.model, {name: {"value": value}})
+                except KeyError:
+                    raise RunError(
+                        f"simulate: {name!r} is not a parameter of the {self._config.model.name} "
+                        f"model; its parameters are {', '.join(map(str, self.params.data_vars))} "
+                        "(physical units, as in Run.params)."
+                    ) from None
+                except ValueError as err:
+                    raise RunError(f"simulate: {err}") from None
+            try:
+                outputs = self._solve()
+            except EquilibriumError as err:
+                try:
+                    outputs = self._continue_from_initial()
+                except EquilibriumError:
+                    raise RunError(
+                        f"the model does not solve at "
+                        f"{dict(settings) or 'the calibrated parameters'} ({err}); choose values "
+                        "closer to the calibrated ones."
+                    ) from None
+            with torch.no_grad():
+                derived = self.adapter.derived(self.model, outputs)
+            parameters = physical_parameters(self.model)
+        finally:
+            self.model.load_state_dict(saved)
+        return {k: v.detach() for k, v in outputs.items()}, derived, parameters
+
+    def _solve(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return self.adapter.simulate(self.model, self.simulate_options)
+
+    def _continue_from_initial(self, stages: int = 4) -> dict[str, Tensor]:
+        """Solve at the current parameters by continuation from the run's initial ones.
+
+        An adapter may warm-start each solve from the previous one (the column model does); the
+        run got to its parameters in small steps from the initial values, where a cold start
+        works, and a fresh model may not solve cold far from them
+        (:func:`~climgrad.integrate.continuation`).
+        """
+        target = physical_parameters(self.model)
+        start = {k: v for k, v in self._initial.items() if k in target}
+        if not start:
+            return self._solve()
+        exact = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+        def solve_at(fraction: float) -> dict[str, Tensor]:
+            if fraction >= 1.0:
+                self.model.load_state_dict(exact)  # the target itself, not a rounded blend
+            else:
+                blend = {}
+                for name, value in target.items():
+                    if name in start:
+                        origin = start[name].to(value)
+                        blend[name] = {"value": origin + fraction * (value - origin)}
+                configure_parameters(self.model, blend)
+            return self._solve()
+
+        return continuation(solve_at, stages)
+
+    def outputs(
+        self, overrides: Mapping[str, Any] | None = None, /, **param_overrides: Any
+    ) -> dict[str, Tensor]:
+        """Every output of the adapter's ``simulate`` (tensors, detached), with what-if values.
+
+        Args:
+            overrides: Parameter values by name (for names that are not identifiers, e.g.
+                ``{"diffusion.D": 0.5}``), in physical units.
+            **param_overrides: More parameter values, e.g. ``B=2.0`` (W m-2 K-1).
+
+        Returns:
+            Model output name -> tensor on the observation grid (also outputs no observation
+            uses; no units attached). The model keeps its calibrated parameters afterwards.
+
+        Raises:
+            RunError: An unknown parameter, a value outside its bounds, or a model that does not
+                solve at these values.
+        """
+        return self._evaluate({**dict(overrides or {}), **param_overrides})[0]
+
+    def simulate(
+        self, overrides: Mapping[str, Any] | None = None, /, **param_overrides: Any
+    ) -> xr.Dataset:
+        """Run the model as the experiment does (equilibrium or rollout) on the observation grid.
+
+        Args:
+            overrides: Parameter values by name, physical units (see :meth:`outputs`).
+            **param_overrides: More parameter values, e.g. ``simulate(B=2.0)``; none gives the
+                calibrated model.
+
+        Returns:
+            One variable per observation (named as the observation, in its units, on its
+            dimensions and coordinates), attributes ``model_output`` and ``long_name``; the
+            Dataset's attributes hold the parameter values used (``parameter_<name>`` for
+            scalars), the overrides, and the adapter's derived scalars (e.g. ECS, global mean
+            temperature).
+        """
+        settings = {**dict(overrides or {}), **param_overrides}
+        outputs, derived, parameters = self._evaluate(settings)
+        variables = {}
+        for name, observed in self.observation_set.items():
+            template = self.observations[name]
+            values = outputs[observed.model_output].double().cpu().numpy()
+            variables[name] = xr.DataArray(
+                values.reshape(template.shape),
+                dims=template.dims,
+                coords={
+                    d: self.observations[d] for d in template.dims if d in self.observations.coords
+                },
+                attrs={
+                    "units": observed.units,
+                    "long_name": f"model {observed.model_output}",
+                    "model_output": observed.model_output,
+                },
+            )
+        attrs: dict[str, Any] = {
+            "title": f"climgrad simulation: {self._config.name}",
+            "experiment": self._config.name,
+            "checkpoint": self.checkpoint.name,
+            "step": self.step,
+            "parameter_overrides": ", ".join(f"{k}={v}" for k, v in settings.items()) or "none",
+        }
+        for name, value in parameters.items():
+            if value.numel() == 1:
+                attrs[f"parameter_{name}"] = float(value)
+        attrs.update({k: float(v) for k, v in derived.items()})
+        return xr.Dataset(variables, attrs=attrs)
+
+    def compare(self, simulation: xr.Dataset | None = None) -> xr.Dataset:
+        """Model against observations, per observed variable.
+
+        Variables ``<name>_model``, ``<name>_observation`` (NaN where masked), ``<name>_bias``
+        (model - observation) and ``<name>_error`` (1-sigma observation error), in the
+        observation's units. Summaries, as attributes of the Dataset and of each bias: ``rmse``
+        (square root of the element-weighted mean squared bias, in the variable's units; what
+        ``metrics.json`` reports), ``mean_bias`` (element-weighted) and ``loss`` (the variable's
+        weighted misfit, as in the calibration loss); dataset attributes ``rmse_<name>``,
+        ``mean_bias_<name>``, ``loss_<name>`` and ``loss_misfit`` (their sum, without the prior).
+
+        Args:
+            simulation: A :meth:`simulate` result (e.g. a what-if); default the calibrated model.
+        """
+        simulation = self.simulate() if simulation is None else simulation
+        predictions = {}
+        for name, observed in self.observation_set.items():
+            if name not in simulation:
+                raise RunError(
+                    f"compare: the simulation has no variable {name!r}; pass a Dataset from "
+                    "Run.simulate()."
+                )
+            predictions[observed.model_output] = torch.as_tensor(
+                np.asarray(simulation[name].values).reshape(observed.shape),
+                dtype=observed.values.dtype,
+                device=observed.values.device,
+            )
+        rmse = self._loss.rmse(predictions)
+        variables: dict[str, xr.DataArray] = {}
+        attrs: dict[str, Any] = {
+            "title": f"climgrad model against observations: {self._config.name}",
+            "experiment": self._config.name,
+            "parameter_overrides": simulation.attrs.get("parameter_overrides", "none"),
+        }
+        total = 0.0
+        for name, observed in self.observation_set.items():
+            observation = self.observations[name]
+            model = simulation[name].copy(data=np.asarray(simulation[name].values))
+            weights = self.observations[f"{name}_weights"].values
+            bias = model.values - observation.values
+            mean_bias = float(np.nansum(weights * bias))
+            loss = self._loss.weights[name] * float(
+                observed.misfit(predictions[observed.model_output])
+            )
+            total += loss
+            summary = {"rmse": rmse[name], "mean_bias": mean_bias, "loss": loss}
+            units = {"units": observed.units}
+            variables[f"{name}_model"] = model.assign_attrs(units, long_name=f"model {name}")
+            variables[f"{name}_observation"] = observation.copy().assign_attrs(
+                long_name=f"observed {name}"
+            )
+            variables[f"{name}_bias"] = observation.copy(data=bias).assign_attrs(
+                {**units, "long_name": f"model minus observed {name}", **summary},
+            )
+            variables[f"{name}_error"] = self.observations[f"{name}_error"].copy()
+            attrs.update({f"{key}_{name}": value for key, value in summary.items()})
+        attrs["loss_misfit"] = total
+        for variable in variables.values():
+            for drop in ("ancillary_variables", "climgrad_role"):
+                variable.attrs.pop(drop, None)
+        return xr.Dataset(variables, attrs=attrs)
+
+    def plot(self, simulation: xr.Dataset | None = None) -> dict[str, Figure]:
+        """Figures: ``"fit"`` (model against observations) and ``"parameters"`` (trajectories).
+
+        Args:
+            simulation: A what-if from :meth:`simulate`, drawn beside the calibrated model.
+
+        Returns:
+            ``{"fit": Figure, "parameters": Figure}`` (matplotlib; show them in a notebook by
+            leaving one as a cell's value, save with ``figure.savefig``).
+        """
+        return {"fit": self.plot_fit(simulation), "parameters": self.plot_parameters()}
+
+    def plot_fit(self, simulation: xr.Dataset | None = None) -> Figure:
+        """One panel per observed variable (see :func:`climgrad.results.plots.plot_fit`)."""
+        return plots.plot_fit(self, simulation)
+
+    def plot_parameters(self) -> Figure:
+        """Loss and learnt parameters by step (:func:`climgrad.results.plots.plot_parameters`)."""
+        return plots.plot_parameters(self)
+
+
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str | torch.device = "cpu",
+    *,
+    data_dir: str | Path | None = None,
+) -> Run:
+    """Load a ``climgrad-calibrate`` run for analysis.
+
+    Args:
+        run_dir: The run's output directory (``outputs/DATE/TIME`` or a sweep's
+            ``outputs/multirun/DATE/TIME/<job>``).
+        checkpoint: ``"best"`` (lowest loss), ``"last"`` (the latest state; the only one a run in
+            progress may have) or the path of a checkpoint file.
+        device: Where the model and observations go (``"cpu"``, ``"cuda"``, ``"auto"``).
+        data_dir: Where the run's data are now, for a run moved to another machine or a data
+            folder that moved: every path under the run's ``paths.data_dir`` is taken from here
+            instead (default: the paths as the run recorded them).
+
+    Returns:
+        The :class:`Run`.
+
+    Raises:
+        RunError: Not a run directory, a run without that checkpoint yet, or a checkpoint of an
+            incompatible version (one line, with the fix).
+    """
+    run_dir = Path(run_dir).expanduser().resolve()
+    check_run_dir(run_dir)
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        if not path.is_file():
+            other = run_dir / "checkpoints" / "last.pt"
+            in_progress = not (run_dir / "metrics.json").is_file()
+            if checkpoint == "best" and other.is_file():
+                raise RunError(
+                    f"{run_dir} has no checkpoints/best.pt (a run in progress?); "
+                    "load its latest state with load_run(..., checkpoint='last')."
+                )
+            state = "has not written a checkpoint yet" if in_progress else "has no checkpoints"
+            raise RunError(
+                f"{run_dir} {state} (no checkpoints/{checkpoint}.pt); wait for the first "
+                "trainer.checkpoint_every steps, or check the directory."
+            )
+    else:
+        path = Path(checkpoint).expanduser().resolve()
+        if not path.is_file():
+            raise RunError(
+                f"checkpoint={checkpoint!r} is neither 'best', 'last' nor an existing file."
+            )
+    try:
+        resolved = resolve_device(str(device))
+    except CalibrationError as err:
+        raise RunError(str(err).replace("trainer.device", "device")) from None
+    payload = _read_checkpoint(path)
+    return Run(
+        run_dir,
+        path,
+        payload,
+        device=resolved,
+        data_dir=None if data_dir is None else Path(data_dir).expanduser().resolve(),
+    )
