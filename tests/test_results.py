@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -15,6 +17,8 @@ import xarray as xr
 import climgrad
 from climgrad.calibration.checkpoint import load_checkpoint, save_checkpoint
 from climgrad.calibration.loop import run_calibration
+from climgrad.data.drivers import forcing_series
+from climgrad.models.two_layer import AR6_AGENTS
 from climgrad.results import Run, RunError, load_run, load_runs
 from tests.calibration.conftest import RUNNABLE_EXPERIMENTS, compose_config
 
@@ -45,7 +49,7 @@ def ebm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ebm(ebm_run: Path) -> Run:
-    return load_run(ebm_run, checkpoint="last")
+    return load_run(ebm_run)  # best.pt: the state params.nc, fit.nc and metrics.json describe
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +75,13 @@ def test_exported_from_the_package() -> None:
 
 
 def test_model_is_the_checkpoint_in_eval_mode(ebm: Run, ebm_run: Path) -> None:
-    checkpoint = load_checkpoint(ebm_run / "checkpoints" / "last.pt")
+    checkpoint = load_checkpoint(ebm_run / "checkpoints" / "best.pt")
     assert not ebm.model.training
     state = ebm.model.state_dict()
     for key, value in checkpoint["model"].items():
         torch.testing.assert_close(state[key].cpu(), value, rtol=0, atol=0)
-    assert ebm.step == 4 and ebm.config.name == "twin_ebm1d"
+    assert ebm.step == checkpoint["progress"]["best_step"] == 3  # the loss fell at every step
+    assert ebm.config.name == "twin_ebm1d"
     assert ebm.config.model.options.bands == 18
     assert all(p.device.type == "cpu" for p in ebm.model.parameters())
     assert next(ebm.model.parameters()).dtype == torch.float64
@@ -88,7 +93,7 @@ def test_params_carry_the_checkpoint_values_and_cf_attributes(ebm: Run, ebm_run:
         np.testing.assert_allclose(ebm.params[name].values, value, rtol=1e-12)
     assert ebm.params["B"].attrs["units"] == "W m-2 K-1"
     assert ebm.params["B"].attrs["learnable"] == 1 and ebm.params["ai"].attrs["learnable"] == 0
-    assert ebm.params.attrs["checkpoint"] == "last.pt"
+    assert ebm.params.attrs["checkpoint"] == "best.pt"
     table = ebm.parameter_table()
     assert table.loc["B", "units"] == "W m-2 K-1" and bool(table.loc["B", "learnable"])
     assert table.loc["B", "initial"] == pytest.approx(2.0)
@@ -188,7 +193,7 @@ def test_two_layer_run_resolves_its_forcing_file_from_elsewhere(
     two_layer_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    run = load_run(two_layer_run, checkpoint="last")
+    run = load_run(two_layer_run)
     metrics = json.loads((two_layer_run / "metrics.json").read_text())
     comparison = run.compare()
     for name in run.observation_set:
@@ -198,6 +203,52 @@ def test_two_layer_run_resolves_its_forcing_file_from_elsewhere(
         metrics["derived"]["equilibrium_climate_sensitivity_K"], rel=1e-10
     )
     assert "time" in simulation.dims
+
+
+def test_scenario_runs_the_calibrated_model_under_new_forcing(two_layer_run: Path) -> None:
+    run = load_run(two_layer_run)
+    table = REPO / "data" / "global_ebm" / "ar6_erf_1750-2019.nc"
+    history = forcing_series(table, AR6_AGENTS, start_year=1850, end_year=2019)
+    frame = pd.DataFrame(history.values, index=history.years, columns=list(history.agents))
+    # The historical forcing held at its 2019 value to 2100: committed warming.
+    extension = pd.DataFrame(
+        np.repeat(history.values[-1:], 81, axis=0),
+        index=np.arange(2020, 2101),
+        columns=list(history.agents),
+    )
+    scenario = run.simulate(forcing=pd.concat([frame, extension]))
+    assert float(scenario.time[0]) == 1850.5 and float(scenario.time[-1]) == 2100.5
+    assert scenario.attrs["forcing_agents"].startswith("co2")
+    calibrated = run.outputs()  # the run's own series over 1850-2019
+    temperature = scenario["surface_temperature_anomaly"]
+    np.testing.assert_allclose(
+        temperature.values[:170],
+        calibrated["surface_temperature_anomaly"].numpy(),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert float(temperature.sel(time=2100.5)) > float(temperature.sel(time=2019.5)) + 0.1
+    assert temperature.attrs["units"] == "K"
+    assert scenario.attrs["equilibrium_climate_sensitivity_K"] == pytest.approx(run.ecs())
+    # A total-forcing series (no agents, so no aerosol scale) from a pandas Series works too.
+    total = run.simulate(forcing=pd.Series(frame.sum(axis=1).values, index=frame.index))
+    assert total.attrs["forcing_agents"] == "total" and total.sizes["time"] == 170
+
+
+def test_a_model_without_drivers_refuses_a_scenario(ebm: Run) -> None:
+    with pytest.raises(RunError, match="takes no new drivers"):
+        ebm.simulate(forcing=pd.Series([1.0, 2.0], index=[2000, 2001]))
+
+
+def test_derived_quantities_of_a_loaded_run_are_plain_numbers(two_layer_run: Path) -> None:
+    run = load_run(two_layer_run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "requires_grad ... to a scalar" warning
+        ecs, tcr = run.ecs(), run.tcr()
+        assert isinstance(ecs, float) and isinstance(tcr, float)
+        assert float(run.model.ecs()) == ecs
+    assert 0 < tcr < ecs
+    assert run.derived()["equilibrium_climate_sensitivity_K"] == pytest.approx(ecs)
 
 
 def test_overrides_are_read_from_the_hydra_record(ebm_run: Path, tmp_path: Path) -> None:
@@ -269,8 +320,8 @@ def test_incompatible_checkpoints(ebm_run: Path, tmp_path: Path) -> None:
 
 def test_load_runs_concatenates_a_sweep(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
-    base = [*SMALL_EBM, "trainer.max_steps=1", "logger=none"]
-    for job, lr in enumerate(("0.01", "0.05")):
+    base = [*SMALL_EBM, "trainer.max_steps=2", "logger=none"]
+    for job, lr in enumerate(("0.002", "0.01")):
         overrides = [*base, f"optimizer.lr={lr}", f"seed={job}"]
         _calibrate(sweep / str(job), overrides)
         (sweep / str(job) / ".hydra").mkdir()
@@ -278,15 +329,18 @@ def test_load_runs_concatenates_a_sweep(tmp_path: Path) -> None:
             "".join(f"- {o}\n" for o in [f"optimizer.lr={lr}", f"seed={job}", "hydra.x=1"])
         )
     (sweep / "2" / "checkpoints").mkdir(parents=True)  # a job still running
-    with pytest.warns(UserWarning, match=r"skipped jobs without params\.nc.*: 2"):
+    (sweep / "3").mkdir()  # a job that failed on bad input
+    (sweep / "3" / "metrics.json").write_text('{"status": "failed", "message": "bad units"}')
+    with pytest.warns(UserWarning, match=r"failed: 3; running \(no params\.nc\): 2"):
         params = load_runs(sweep)
+    assert params.attrs["failed_runs"] == "3: bad units"
     assert list(params.run.values) == [0, 1]
-    np.testing.assert_allclose(params["optimizer.lr"].values, [0.01, 0.05])
+    np.testing.assert_allclose(params["optimizer.lr"].values, [0.002, 0.01])
     np.testing.assert_array_equal(params["seed"].values, [0, 1])
     assert params["seed"].dtype == np.int64
     assert "hydra.x" not in params.coords
     assert params["B"].dims == ("run",) and params["B"].attrs["units"] == "W m-2 K-1"
-    # The larger learning rate moves B further from its start in one Adam step.
+    # The larger learning rate moves B further from its start (the best state after one step).
     moved = np.abs(params["B"].values - 2.0)
     assert moved[1] > moved[0] > 0
     assert np.all(np.isfinite(params["loss"].values))
@@ -337,7 +391,7 @@ def test_every_experiment_loads(tmp_path: Path, experiment: str) -> None:
         "logger.figure_every=0",
     ]
     metrics = _calibrate(tmp_path / "run", overrides)
-    run = load_run(tmp_path / "run", checkpoint="last")
+    run = load_run(tmp_path / "run")
     comparison = run.compare()
     for name, rmse in metrics["rmse"].items():
         assert comparison.attrs[f"rmse_{name}"] == pytest.approx(rmse, rel=1e-6)

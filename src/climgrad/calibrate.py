@@ -22,10 +22,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from climgrad.calibration.config import check_overrides, register_configs
 from climgrad.calibration.errors import CalibrationError
+from climgrad.calibration.rundir import RECORD_DIR, log_to_files, record_failure
 from climgrad.data import ObservationError
 
 __all__ = ["main"]
@@ -39,14 +41,6 @@ def _fail(message: str, status: int) -> None:
     raise SystemExit(status)
 
 
-def _log_to_files(message: str) -> None:
-    """Record an error in the run's log file without repeating it on the console."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def _wants_traceback(cfg: DictConfig) -> bool:
     verbose = HydraConfig.get().verbose if HydraConfig.initialized() else False
     return bool(cfg.get("debug", False)) or bool(verbose)
@@ -57,20 +51,31 @@ def _calibrate(cfg: DictConfig) -> float:
     from climgrad.calibration.loop import run_calibration
 
     hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    overrides = list(hydra_config.overrides.task)
+    record = str(hydra_config.output_subdir) if hydra_config.output_subdir else None
     # The unit registry of climgrad.data redefines a few pint units on purpose; not news to users.
     logging.getLogger("pint.util").setLevel(logging.ERROR)
+    if record and record != RECORD_DIR:
+        log_to_files(f"--- attempt {record.rsplit('-', 1)[-1]}: {' '.join(overrides)}")
+    multirun = hydra_config.mode == RunMode.MULTIRUN
     try:
-        metrics = run_calibration(
-            cfg,
-            Path(hydra_config.runtime.output_dir),
-            overrides=list(hydra_config.overrides.task),
-        )
+        metrics = run_calibration(cfg, run_dir, overrides=overrides)
     except (CalibrationError, ObservationError) as err:
+        record_failure(run_dir, str(err), record=record, overrides=overrides)
         if _wants_traceback(cfg):
             raise
-        _log_to_files(str(err))
+        log_to_files(str(err), logging.ERROR)
+        if multirun:
+            # An exception (not an exit) lets the sweep go on with its other jobs; Hydra reports
+            # the failed ones at the end.
+            print(f"{PROGRAM}: error in {run_dir}: {err}", file=sys.stderr)
+            raise CalibrationError(str(err)) from None
         _fail(str(err), 1)
         raise AssertionError("unreachable") from err
+    except Exception as err:
+        record_failure(run_dir, f"{type(err).__name__}: {err}", record=record, overrides=overrides)
+        raise
     # Sweepers (e.g. optuna) minimise the returned value.
     return float(metrics["loss"]["total"])
 

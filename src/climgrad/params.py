@@ -383,7 +383,20 @@ def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
             raise KeyError(f"{name}: unknown setting(s) {unknown}; use 'value' and/or 'learn'.")
         value = options.get("value")
         if value is not None:
-            target = torch.as_tensor(value, dtype=info.raw.dtype, device=info.raw.device)
+            try:
+                target = torch.as_tensor(value, dtype=info.raw.dtype, device=info.raw.device)
+            except (TypeError, ValueError, RuntimeError):
+                default = info.spec.default
+                example = default if isinstance(default, (int, float)) else next(iter(default))
+                raise ValueError(
+                    f"{name}: value {value!r} is not a number; give one in {info.spec.units}, "
+                    f"e.g. {name}.value={example}."
+                ) from None
+            if target.numel() not in (1, info.raw.numel()):
+                raise ValueError(
+                    f"{name}: value has {target.numel()} elements; give one number or "
+                    f"{info.raw.numel()} (one per element of the field)."
+                )
             info.spec.check(target)
             with torch.no_grad():
                 raw = getattr(info.module.parametrizations, info.attribute)[0].right_inverse(
@@ -391,7 +404,10 @@ def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
                 )
                 info.raw.copy_(raw)
         if "learn" in options:
-            info.raw.requires_grad_(bool(options["learn"]))
+            learn = options["learn"]
+            if not isinstance(learn, bool):
+                raise ValueError(f"{name}: learn={learn!r} must be true or false.")
+            info.raw.requires_grad_(learn)
 
 
 def _format_value(value: Tensor) -> str:

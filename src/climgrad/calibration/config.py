@@ -308,11 +308,20 @@ class CalibrateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+def _attempt_record(output_dir: str) -> str:
+    from climgrad.calibration.rundir import attempt_record
+
+    return attempt_record(str(output_dir))
+
+
 def _register_root_resolver() -> None:
     from climgrad.paths import project_root
 
     if not OmegaConf.has_resolver("climgrad_root"):
         OmegaConf.register_new_resolver("climgrad_root", lambda: str(project_root()))
+    # hydra.output_subdir: .hydra for a run's first attempt, .hydra/attempt-N for later ones.
+    if not OmegaConf.has_resolver("climgrad_record"):
+        OmegaConf.register_new_resolver("climgrad_record", _attempt_record)
 
 
 # Configs that interpolate ${climgrad_root:} (paths.root_dir) resolve wherever this is imported,
@@ -384,12 +393,16 @@ def check_overrides(arguments: Sequence[str]) -> None:
         CalibrationError: A key that no schema has, or a group option without a YAML file; the
             message lists the valid keys or options.
     """
+    parameter_keys: list[str] = []
     for argument in arguments:
         if argument.startswith("-") or "=" not in argument:
             continue
         key, value = argument.split("=", 1)
         key = key.lstrip("+~")
         if not key or key.startswith("hydra") or "@" in key or "/" in key:
+            continue
+        if key.startswith("model.params."):
+            parameter_keys.append(key)
             continue
         if key in GROUPS:
             options = _group_options(key)
@@ -404,3 +417,40 @@ def check_overrides(arguments: Sequence[str]) -> None:
                     )
             continue
         _check_key(key)
+    if parameter_keys:
+        _check_parameter_names(arguments, parameter_keys)
+
+
+def _check_parameter_names(arguments: Sequence[str], keys: Sequence[str]) -> None:
+    """``model.params.<name>`` must name a parameter of the composed model (one-line error)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    others = [
+        a
+        for a in arguments
+        if "=" in a
+        and not a.startswith("-")
+        and not a.lstrip("+~").startswith(("model.params.", "hydra", "paths."))
+    ]
+    register_configs()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            composed = compose(config_name="calibrate", overrides=others)
+    except (HydraException, ValueError):
+        return  # Hydra reports what is wrong with the other overrides
+    valid = [str(name) for name in composed.model.params]
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) < 3 or parts[2] in valid:
+            if len(parts) > 3 and parts[3] not in ("value", "learn"):
+                raise CalibrationError(
+                    f"unknown config key {key!r}: a parameter has the keys value, learn."
+                )
+            continue
+        close = difflib.get_close_matches(parts[2], valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise CalibrationError(
+            f"{'.'.join(parts[:3])} is not a parameter of model {composed.model.name!r}; its "
+            f"parameters are {', '.join(valid)}.{hint}"
+        )

@@ -28,6 +28,7 @@ from climgrad.calibration.config import CalibrateConfig
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import as_config, build_experiment
 from climgrad.calibration.methods import GradientMethod, StepSkipped
+from climgrad.calibration.rundir import RunLock
 from climgrad.calibration.services import RunServices
 
 __all__ = ["run_calibration"]
@@ -66,13 +67,14 @@ def run_calibration(
     problem.check()
     method = GradientMethod(problem, config.optimizer, trainer.max_steps)
     services = RunServices(config, Path(run_dir), list(overrides), problem, method)
-    services.resume()
-    with services:  # checkpoint and TensorBoard directories, progress bar
-        while services.running():
-            try:
-                result = method.step(observe=services.observe)
-            except StepSkipped as skipped:
-                services.skip(str(skipped))
-                continue
-            services.advance(result)
-    return services.finish(wall_start)
+    with RunLock(Path(run_dir)):  # one live run per directory
+        services.resume()
+        with services:  # checkpoint and TensorBoard directories, progress bar
+            while services.running():
+                try:
+                    result = method.step(observe=services.observe)
+                except StepSkipped as skipped:
+                    services.skip(str(skipped))
+                    continue
+                services.advance(result)
+        return services.finish(wall_start)

@@ -146,12 +146,17 @@ class GradientMethod:
             self.optimizer.load_state_dict(snapshot[1])
             raise StepSkipped(self._explain(problem)) from None
         terms, gradients = first[0]
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            # The step has moved the parameters already; report those the loss belongs to.
+            evaluated, model_now = snapshot[0], state_copy(model)
+            model.load_state_dict(evaluated)
+            parameters = {k: v.detach().clone() for k, v in physical_parameters(model).items()}
+            model.load_state_dict(model_now)
+        else:
+            evaluated = state_copy(model)
+            parameters = {k: v.detach().clone() for k, v in physical_parameters(model).items()}
         result = StepResult(
-            terms,
-            gradients,
-            {k: v.detach().clone() for k, v in physical_parameters(model).items()},
-            state_copy(model),
-            float(self.optimizer.param_groups[0]["lr"]),
+            terms, gradients, parameters, evaluated, float(self.optimizer.param_groups[0]["lr"])
         )
         if observe is not None:
             observe(result)

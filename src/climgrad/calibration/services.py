@@ -27,8 +27,9 @@ from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import Problem, config_yaml
 from climgrad.calibration.methods import GradientMethod, StepResult, state_copy
 from climgrad.calibration.outputs import summary_table, write_fit, write_metrics, write_params
+from climgrad.calibration.rundir import log_to_files
 from climgrad.calibration.tensorboard_logger import TensorBoardLogger, flatten_overrides
-from climgrad.params import physical_parameters
+from climgrad.params import display_names, physical_parameters
 
 __all__ = ["Progress", "RunServices"]
 
@@ -150,17 +151,49 @@ class RunServices:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
+            # The bar ends where the run stopped, not at trainer.max_steps.
+            self._bar.total = self._bar.n
+            self._bar.refresh()
             self._bar.close()
             self._bar = None
+        if exc_info[0] is KeyboardInterrupt:
+            print(
+                f"\nInterrupted at step {self.progress.step}; continue from the last checkpoint "
+                f"with: climgrad-calibrate {' '.join(self.overrides)} trainer.resume=true "
+                f"hydra.run.dir={self.run_dir}",
+                file=sys.stderr,
+            )
+
+    def _tag_descriptions(self) -> dict[str, str]:
+        """Units of every scalar tag (TensorBoard descriptions)."""
+        descriptions = {
+            "loss/": "dimensionless (weighted chi-square per variable; prior penalty)",
+            "grad_norm/total": "norm of the gradient of the unconstrained parameters",
+            "optimizer/lr": "learning rate (step size in the unconstrained parameters)",
+            "nonfinite/skipped": "count of skipped steps",
+            "final/loss_": "dimensionless",
+        }
+        for name, info in display_names(self.problem.model).items():
+            units = info.spec.units
+            descriptions[f"param/{name}"] = f"{info.spec.description or name} [{units}]"
+            descriptions[f"param/{name}/"] = f"{info.spec.description or name} [{units}]"
+            descriptions[f"grad_norm/{name}"] = f"|d loss / d {name}| [1 / ({units})]"
+        for name, observed in self.problem.observations.items():
+            descriptions[f"final/rmse_{name}"] = f"RMSE of {name} [{observed.units}]"
+        return descriptions
 
     def open(self) -> None:
         """Create the checkpoint and TensorBoard directories and the progress bar."""
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if self.resumed_from is None:
+            # A run killed before its first periodic checkpoint can still be resumed.
+            self.save_checkpoints()
         if self.config.logger.tensorboard:
             self.board = TensorBoardLogger(
                 self.run_dir / "tb",
                 purge_step=self.progress.step if self.resumed_from else None,
                 histograms=self.config.logger.histograms,
+                descriptions=self._tag_descriptions(),
             )
         if self.trainer.progress:
             try:
@@ -263,10 +296,53 @@ class RunServices:
             progress.stop_reason = "nonfinite"
             self.stop_message = (
                 f"stopped after {progress.nonfinite_streak} non-finite steps in a row; "
-                f"it started at {progress.first_bad}. The last good checkpoint is kept."
+                f"it started at {progress.first_bad}. {self._likely_cause()} The last good "
+                "checkpoint is kept."
             )
 
+    def _likely_cause(self) -> str:
+        """What usually makes a calibration diverge, as far as the run can tell."""
+        causes = []
+        at_bound = []
+        for name, info in display_names(self.problem.model).items():
+            if not info.learnable:
+                continue
+            value = info.value.detach().double()
+            for bound in info.spec.bounds:
+                if bound is not None and bool(
+                    ((value - bound).abs() <= 1e-6 * max(abs(bound), 1.0)).any()
+                ):
+                    at_bound.append(f"{name} = {bound:g}")
+        if at_bound:
+            causes.append(
+                f"parameters at a bound ({', '.join(at_bound)}): the data pull them out of "
+                "their range; check the data's units and the model's regime, or fix them "
+                "(model.params.<name>.learn=false)"
+            )
+        if self.config.optimizer.name == "adam" and self.progress.best_step >= 0:
+            causes.append(
+                f"a learning rate too large for this problem: try optimizer.lr="
+                f"{self.config.optimizer.lr / 10:g}"
+            )
+        elif self.progress.best_step < 0:
+            causes.append(
+                "no step succeeded: the initial parameters or the data are out of the model's "
+                "range (check the data's units and model.params)"
+            )
+        return "Likely cause: " + "; or ".join(causes) + "." if causes else ""
+
     # -- checkpoints ------------------------------------------------------------------------
+
+    def _parameters_of(self, state: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        """Physical parameter values of ``state`` (default: the model's current state)."""
+        model = self.problem.model
+        if state is None:
+            return {k: v.detach().clone() for k, v in physical_parameters(model).items()}
+        current = state_copy(model)
+        model.load_state_dict(dict(state))
+        values = {k: v.detach().clone() for k, v in physical_parameters(model).items()}
+        model.load_state_dict(current)
+        return values
 
     def _payload(self, state: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
         model = self.problem.model
@@ -279,7 +355,7 @@ class RunServices:
             "progress": dataclasses.asdict(self.progress),
             "best_model": _cpu(self.best_state),
             "initial": _cpu(self.initial),
-            "parameters": _cpu(physical_parameters(model)),
+            "parameters": _cpu(self._parameters_of(state)),
             "rng": torch.get_rng_state(),
             "config": self.config_yaml,
             "overrides": self.overrides,
@@ -303,20 +379,21 @@ class RunServices:
         progress, problem, config = self.progress, self.problem, self.config
         progress.elapsed = self._elapsed_before + time.perf_counter() - self._session_start
         log.info("Stopped at step %d: %s.", progress.step, self.stop_message)
-        if progress.stop_reason == "nonfinite":
-            # Keep last.pt as the last good state; report the best parameters.
-            problem.model.load_state_dict(self.best_state)
-            self.save_checkpoints(last=False)
-        else:
-            self.save_checkpoints()
+        # last.pt: the latest state, to resume from (after non-finite steps, the last good one
+        # is kept). The outputs, best.pt and params.nc describe the best state: the lowest loss
+        # evaluated, whose parameters the loss in metrics.json belongs to.
+        self.save_checkpoints(last=progress.stop_reason != "nonfinite")
+        problem.model.load_state_dict(self.best_state)
         with torch.no_grad():
             outputs = problem.simulate()
             terms = problem.evaluate(outputs)
         final = terms.as_floats()
         rmse = problem.loss.rmse(outputs)
         metrics: dict[str, Any] = {
+            "status": "failed" if progress.stop_reason == "nonfinite" else "completed",
             "experiment": config.name,
             "model": config.model.name,
+            "state": f"best (step {progress.best_step})",
             "stop_reason": progress.stop_reason,
             "stop_message": self.stop_message,
             "steps": progress.step,
@@ -351,15 +428,19 @@ class RunServices:
         self._close_board(final, rmse, predictions)
         metrics["wall_time_s"] = time.perf_counter() - wall_start
         write_metrics(self.run_dir / "metrics.json", metrics)
-        print(
-            f"\n{config.name}: {progress.step} steps in {metrics['wall_time_s']:.1f} s on "
-            f"{problem.device} ({config.trainer.dtype}), loss {final['total']:.6g}; "
-            f"stopped: {self.stop_message}"
-        )
-        print(summary_table(problem.model, self.initial))
         units = {name: v.units for name, v in problem.observations.items()}
-        print("RMSE: " + ", ".join(f"{k} {v:.4g} {units[k]}" for k, v in rmse.items()))
-        print(f"Outputs in {self.run_dir}")
+        report = "\n".join(
+            [
+                f"\n{config.name}: {progress.step} steps in {metrics['wall_time_s']:.1f} s on "
+                f"{problem.device} ({config.trainer.dtype}), loss {final['total']:.6g} (best, "
+                f"step {progress.best_step}); stopped: {self.stop_message}",
+                summary_table(problem.model, self.initial),
+                "RMSE: " + ", ".join(f"{k} {v:.4g} {units[k]}" for k, v in rmse.items()),
+                f"Outputs in {self.run_dir}",
+            ]
+        )
+        print(report)
+        log_to_files(report)
         if progress.stop_reason == "nonfinite":
             raise CalibrationError(self.stop_message)
         return metrics
@@ -377,6 +458,7 @@ class RunServices:
         if config.logger.hparams:
             hyper: dict[str, Any] = {
                 "experiment": config.name,
+                "model": config.model.name,
                 "seed": config.seed,
                 "optimizer": config.optimizer.name,
                 "lr": config.optimizer.lr,

@@ -14,6 +14,10 @@ Tags:
 ``fit/<variable>``           figure: model against observations with the error shaded
 ``final/...``                final metrics, also in the HPARAMS tab with the overrides
 ===========================  ===============================================================
+
+Every scalar tag carries its units in its TensorBoard description (shown beside the chart), from
+the parameter declarations and the observations' units; the HPARAMS tab names the experiment and
+the model, so runs are told apart by more than their directory names.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -73,30 +78,58 @@ class TensorBoardLogger:
     """
 
     def __init__(
-        self, directory: str | Path, *, purge_step: int | None = None, histograms: bool = True
+        self,
+        directory: str | Path,
+        *,
+        purge_step: int | None = None,
+        histograms: bool = True,
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.writer = SummaryWriter(str(self.directory), purge_step=purge_step)
         self.histograms = histograms
+        #: Description (units) by tag, or by tag prefix ending in "/" for families of tags.
+        self.descriptions = dict(descriptions or {})
+        self._described: set[str] = set()
         self._warned_figures = False
+
+    def _description(self, tag: str) -> str | None:
+        if tag in self.descriptions:
+            return self.descriptions[tag]
+        prefixes = [p for p in self.descriptions if p.endswith("/") and tag.startswith(p)]
+        return self.descriptions[max(prefixes, key=len)] if prefixes else None
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """One scalar; its first event in this file carries the tag's description (units)."""
+        description = self._description(tag)
+        if description is None or tag in self._described:
+            self.writer.add_scalar(tag, value, step)
+            return
+        metadata = SummaryMetadata(
+            summary_description=description,
+            plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value, metadata=metadata)])
+        self.writer._get_file_writer().add_summary(summary, step)
+        self._described.add(tag)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Each ``tag -> value`` as a scalar at ``step``."""
         for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+            self.scalar(tag, float(value), step)
 
     def parameters(self, values: Mapping[str, Tensor], step: int) -> None:
         """Physical parameter values: ``param/<name>`` (and histograms of fields)."""
         for name, value in values.items():
             flat = value.detach().double().cpu().reshape(-1)
             if flat.numel() == 1:
-                self.writer.add_scalar(f"param/{name}", float(flat[0]), step)
+                self.scalar(f"param/{name}", float(flat[0]), step)
                 continue
             if self.histograms:
                 self.writer.add_histogram(f"param/{name}", flat, step)
             if flat.numel() <= MAX_ELEMENT_SCALARS:
                 for index, element in enumerate(flat.tolist()):
-                    self.writer.add_scalar(f"param/{name}/{index}", element, step)
+                    self.scalar(f"param/{name}/{index}", element, step)
 
     def figures(self, observations: ObsSet, predictions: Mapping[str, Tensor], step: int) -> None:
         """``fit/<variable>``: model against observations, error shaded (needs matplotlib)."""

@@ -9,6 +9,10 @@ NetCDF opening and units handling as the observations (:func:`~climgrad.data.ope
     Effective radiative forcing by agent (``erf_<agent>`` variables, W m-2, annual), e.g. the
     IPCC AR6 WG1 Chapter 7 table shipped as ``data/global_ebm/ar6_erf_1750-2019.nc``; drives
     :class:`~climgrad.models.TwoLayerEBM`.
+``forcing_series``
+    The same from whatever a user has at hand for a scenario: a NetCDF file, an xarray Dataset
+    (``erf_<agent>`` variables) or DataArray (a total), a pandas DataFrame (one column per agent,
+    indexed by year) or Series (a total).
 ``read_flux_tower``
     The observed surface-layer state of an eddy-covariance tower and the radiometers' longwave
     fluxes (ARM SGP E39 files shipped under ``data/surface_flux/``); drives
@@ -117,6 +121,100 @@ def read_forcing_by_agent(
             path, None, "the forcing has missing values in the years chosen", "choose other years"
         )
     return ForcingSeries(values, tuple(agents), int(start_year), str(path))
+
+
+def _years(values: Any) -> np.ndarray[Any, Any]:
+    array = np.asarray(values)
+    if np.issubdtype(array.dtype, np.number):
+        return np.floor(array.astype(np.float64)).astype(np.int64)
+    return np.asarray([t.year for t in (v.item() if hasattr(v, "item") else v for v in array)])
+
+
+def _consecutive(years: np.ndarray[Any, Any], where: str) -> int:
+    if years.size == 0 or not np.array_equal(years, years[0] + np.arange(years.size)):
+        raise ObservationError(
+            where, "time", "the forcing is not one row per consecutive year", "give annual rows"
+        )
+    return int(years[0])
+
+
+def forcing_series(
+    source: Any,
+    agents: Sequence[str] | None = None,
+    *,
+    start_year: int | None = None,
+    end_year: int | None = None,
+) -> ForcingSeries:
+    """Annual forcing in W m-2 from a file, an xarray object or a pandas table.
+
+    Args:
+        source: A NetCDF path (``erf_<agent>`` variables along ``time``); an ``xarray.Dataset``
+            with such variables; an ``xarray.DataArray`` along ``time`` or ``year`` (a total, W
+            m-2); a ``pandas.DataFrame`` indexed by year with one column per agent; or a
+            ``pandas.Series`` indexed by year (a total).
+        agents: Agents to take (files and Datasets; default: every ``erf_<agent>`` that is not
+            an aggregate, uncertainty bound or total, else ``total``).
+        start_year, end_year: Years to keep (default: all).
+
+    Returns:
+        The :class:`ForcingSeries` (a total is the single agent ``"total"``).
+
+    Raises:
+        ObservationError: A file or table that does not give annual forcing.
+    """
+    import pandas as pd
+    import xarray as xr
+
+    if isinstance(source, (str, Path)):
+        with open_dataset(source) as dataset:
+            years = _years(dataset["time"].values)
+            names = list(agents) if agents is not None else _default_agents(dataset)
+        first = int(years.min()) if start_year is None else start_year
+        last = int(years.max()) if end_year is None else end_year
+        return read_forcing_by_agent(source, names, start_year=first, end_year=last)
+    where = f"<{type(source).__name__}>"
+    if isinstance(source, pd.Series):
+        source = source.to_frame("total")
+    if isinstance(source, xr.DataArray):
+        dim = source.dims[0]
+        source = pd.DataFrame({"total": source.values}, index=_years(source[dim].values))
+    if isinstance(source, xr.Dataset):
+        names = list(agents) if agents is not None else _default_agents(source)
+        missing = [a for a in names if f"erf_{a}" not in source]
+        if missing:
+            raise ObservationError(where, None, f"no erf_ variables for {missing}", "name agents")
+        source = pd.DataFrame(
+            {a: source[f"erf_{a}"].values for a in names}, index=_years(source["time"].values)
+        )
+    if not isinstance(source, pd.DataFrame):
+        raise ObservationError(
+            where, None, "not a forcing table", "pass a path, xarray object or pandas table"
+        )
+    table = source if agents is None else source[list(agents)]
+    years = _years(table.index.values)
+    keep = np.ones(years.size, dtype=bool)
+    if start_year is not None:
+        keep &= years >= start_year
+    if end_year is not None:
+        keep &= years <= end_year
+    values = np.asarray(table.to_numpy(dtype=np.float64))[keep]
+    if not np.isfinite(values).all():
+        raise ObservationError(where, None, "the forcing has missing values", "fill or trim them")
+    first = _consecutive(years[keep], where)
+    return ForcingSeries(values, tuple(str(c) for c in table.columns), first, where)
+
+
+def _default_agents(dataset: Any) -> list[str]:
+    aggregates = ("total", "nonco2_wmghg", "aerosol", "chapter2_other_anthro")
+    names = [
+        str(name)[4:]
+        for name in dataset.data_vars
+        if str(name).startswith("erf_") and not str(name).endswith(("_p05", "_p95"))
+    ]
+    individual = [n for n in names if n not in aggregates and not n.startswith("total_")]
+    if individual:
+        return individual
+    return ["total"] if "total" in names else names
 
 
 #: Variables of a flux tower's driving state: name in :class:`FluxTowerDrivers` ->

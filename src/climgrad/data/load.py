@@ -56,7 +56,8 @@ def open_dataset(path: str | Path, variable: str | None = None) -> xr.Dataset:
             variable,
             "the file does not exist",
             "check the path (relative paths in a spec file are taken from the spec file's folder, "
-            f"others from `root` or the working directory){hint}",
+            "others from `root`); climgrad-calibrate finds data under paths.data_dir "
+            f"(paths.data_dir=/my/data){hint}",
         )
     if path.is_dir():
         raise ObservationError(path, variable, "this is a directory", "name one NetCDF file")

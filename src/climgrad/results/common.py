@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,15 @@ from omegaconf import OmegaConf
 
 from climgrad.calibration.errors import CalibrationError
 
-__all__ = ["RunError", "check_run_dir", "is_run_dir", "job_dirs", "load_dataset", "overrides"]
+__all__ = [
+    "RunError",
+    "check_run_dir",
+    "failure",
+    "is_run_dir",
+    "job_dirs",
+    "load_dataset",
+    "overrides",
+]
 
 
 class RunError(CalibrationError):
@@ -61,3 +70,17 @@ def overrides(run_dir: Path, fallback: Sequence[str]) -> list[str]:
 def load_dataset(path: Path) -> xr.Dataset:
     with xr.open_dataset(path) as dataset:
         return dataset.load()
+
+
+def failure(run_dir: Path) -> str | None:
+    """The message of a failed run (``metrics.json`` with ``status: failed``), else ``None``."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        recorded = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(recorded, dict) and recorded.get("status") == "failed":
+        return str(recorded.get("message") or recorded.get("stop_message") or "failed")
+    return None

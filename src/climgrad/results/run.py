@@ -39,10 +39,11 @@ from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import Problem, build_experiment, resolve_device
 from climgrad.calibration.outputs import write_params
 from climgrad.data import ObservationError
+from climgrad.data.drivers import forcing_series
 from climgrad.integrate import EquilibriumError, continuation
 from climgrad.params import configure_parameters, physical_parameters
 from climgrad.results import plots
-from climgrad.results.common import RunError, check_run_dir, load_dataset, overrides
+from climgrad.results.common import RunError, check_run_dir, failure, load_dataset, overrides
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -195,6 +196,10 @@ class Run:
             json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         )
         self.params = self._params()
+        # A loaded run is for analysis: its tensors need no gradient, so derived quantities
+        # (run.model.ecs(), ...) are plain values without autograd warnings.
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
 
     # -- building -------------------------------------------------------------------------
 
@@ -278,9 +283,10 @@ class Run:
     # -- simulate, compare, plot ----------------------------------------------------------
 
     def _evaluate(
-        self, settings: Mapping[str, Any]
+        self, settings: Mapping[str, Any], drivers: Any = None
     ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, Tensor]]:
-        """Outputs, derived scalars and parameters at ``settings``; the model is restored."""
+        """Outputs, derived scalars and parameters at ``settings`` (under new ``drivers``, if
+        given); the model is restored."""
         saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
             for name, value in settings.items():
@@ -294,6 +300,18 @@ class Run:
                     ) from None
                 except ValueError as err:
                     raise RunError(f"simulate: {err}") from None
+            if drivers is not None:
+                with torch.no_grad():
+                    try:
+                        outputs = self.adapter.scenario(self.model, drivers, self.simulate_options)
+                    except CalibrationError as err:
+                        raise RunError(str(err)) from None
+                    derived = self.adapter.derived(self.model, outputs)
+                return (
+                    {k: v.detach() for k, v in outputs.items()},
+                    derived,
+                    physical_parameters(self.model),
+                )
             try:
                 outputs = self._solve()
             except EquilibriumError as err:
@@ -365,12 +383,22 @@ class Run:
         return self._evaluate({**dict(overrides or {}), **param_overrides})[0]
 
     def simulate(
-        self, overrides: Mapping[str, Any] | None = None, /, **param_overrides: Any
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        /,
+        *,
+        forcing: Any = None,
+        **param_overrides: Any,
     ) -> xr.Dataset:
         """Run the model as the experiment does (equilibrium or rollout) on the observation grid.
 
         Args:
             overrides: Parameter values by name, physical units (see :meth:`outputs`).
+            forcing: New drivers, for models driven by a forcing series (``two_layer``): a
+                NetCDF path, an xarray Dataset of ``erf_<agent>`` or DataArray of total ERF, or a
+                pandas DataFrame (agents as columns) or Series (total) indexed by year, in W m-2
+                (:func:`climgrad.data.drivers.forcing_series`). The result is then every model
+                series over the scenario's years (see :meth:`scenario`).
             **param_overrides: More parameter values, e.g. ``simulate(B=2.0)``; none gives the
                 calibrated model.
 
@@ -382,6 +410,8 @@ class Run:
             temperature).
         """
         settings = {**dict(overrides or {}), **param_overrides}
+        if forcing is not None:
+            return self.scenario(forcing, settings)
         outputs, derived, parameters = self._evaluate(settings)
         variables = {}
         for name, observed in self.observation_set.items():
@@ -411,6 +441,80 @@ class Run:
                 attrs[f"parameter_{name}"] = float(value)
         attrs.update({k: float(v) for k, v in derived.items()})
         return xr.Dataset(variables, attrs=attrs)
+
+    def scenario(self, forcing: Any, overrides: Mapping[str, Any] | None = None) -> xr.Dataset:
+        """The calibrated model under a new forcing series (``run.simulate(forcing=...)``).
+
+        Args:
+            forcing: See :meth:`simulate`.
+            overrides: Parameter values by name, physical units.
+
+        Returns:
+            Every model series along ``time`` (calendar years at mid-step): temperature
+            anomalies (K; relative to the calibration's reference years where the scenario
+            covers them), heat uptake (W m-2), heat contents (J, ZJ), forcing (W m-2); attributes
+            as :meth:`simulate`'s, plus ``forcing_source`` and ``forcing_agents``.
+        """
+        try:
+            drivers = forcing_series(forcing)
+        except ObservationError as err:
+            raise RunError(f"simulate(forcing=...): {err}") from None
+        settings = dict(overrides or {})
+        outputs, derived, parameters = self._evaluate(settings, drivers)
+        time = outputs["time"].double().cpu().numpy()
+        units = {
+            "time": "year",
+            "radiative_forcing": "W m-2",
+            "heat_uptake": "W m-2",
+            "heat_content_per_area": "J m-2",
+            "ocean_heat_content_zj": "ZJ",
+        }
+        variables = {}
+        for name, value in outputs.items():
+            if name == "time" or value.ndim != 1 or value.shape[0] != time.shape[0]:
+                continue
+            unit = units.get(name, "K" if "temperature" in name else "J")
+            variables[name] = xr.DataArray(
+                value.double().cpu().numpy(), dims=("time",), attrs={"units": unit}
+            )
+        attrs: dict[str, Any] = {
+            "title": f"climgrad scenario: {self._config.name}",
+            "experiment": self._config.name,
+            "checkpoint": self.checkpoint.name,
+            "forcing_source": drivers.source,
+            "forcing_agents": ", ".join(drivers.agents),
+            "parameter_overrides": ", ".join(f"{k}={v}" for k, v in settings.items()) or "none",
+        }
+        for name, value in parameters.items():
+            if value.numel() == 1:
+                attrs[f"parameter_{name}"] = float(value)
+        attrs.update({k: float(v) for k, v in derived.items()})
+        return xr.Dataset(variables, coords={"time": ("time", time, units)}, attrs=attrs)
+
+    def derived(
+        self, overrides: Mapping[str, Any] | None = None, /, **param_overrides: Any
+    ) -> dict[str, float]:
+        """The model family's derived scalars as plain numbers (e.g. ECS, TCR, global mean T).
+
+        Args:
+            overrides, **param_overrides: Parameter values, as in :meth:`simulate`.
+        """
+        return self._evaluate({**dict(overrides or {}), **param_overrides})[1]
+
+    def ecs(self) -> float:
+        """Equilibrium climate sensitivity in K (models that define it, e.g. ``two_layer``)."""
+        return self._model_scalar("ecs")
+
+    def tcr(self) -> float:
+        """Transient climate response in K (models that define it, e.g. ``two_layer``)."""
+        return self._model_scalar("tcr")
+
+    def _model_scalar(self, name: str) -> float:
+        method = getattr(self.model, name, None)
+        if method is None:
+            raise RunError(f"the {self._config.model.name} model has no {name}().")
+        with torch.no_grad():
+            return float(method())
 
     def compare(self, simulation: xr.Dataset | None = None) -> xr.Dataset:
         """Model against observations, per observed variable.
@@ -525,6 +629,9 @@ def load_run(
     check_run_dir(run_dir)
     if checkpoint in ("best", "last"):
         path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        failed = failure(run_dir)
+        if not path.is_file() and failed is not None:
+            raise RunError(f"{run_dir} is a failed run with nothing to load ({failed}).")
         if not path.is_file():
             other = run_dir / "checkpoints" / "last.pt"
             in_progress = not (run_dir / "metrics.json").is_file()

@@ -12,7 +12,14 @@ import numpy as np
 import xarray as xr
 
 from climgrad.calibration.tensorboard_logger import flatten_overrides
-from climgrad.results.common import RunError, is_run_dir, job_dirs, load_dataset, overrides
+from climgrad.results.common import (
+    RunError,
+    failure,
+    is_run_dir,
+    job_dirs,
+    load_dataset,
+    overrides,
+)
 
 __all__ = ["load_runs"]
 
@@ -36,11 +43,13 @@ def load_runs(multirun_dir: str | Path) -> xr.Dataset:
         ``params.nc`` of every finished job concatenated along ``run`` (the job number), with
         coordinates ``run_dir`` and one per override key (``optimizer.lr``, ``seed``...; numeric
         where every job's value is a number, NaN or "" where a job lacks the key), and the final
-        ``loss`` of each job from ``metrics.json``. Jobs without ``params.nc`` (still running
-        or failed) are skipped with a warning.
+        ``loss`` of each job from ``metrics.json``. Failed jobs (``metrics.json`` with
+        ``status: failed``: bad input, an error, or a run stopped on non-finite steps) are
+        listed in the attribute ``failed_runs`` as ``job: message`` and left out, as are jobs
+        still running (no ``params.nc``); a warning names both.
 
     Raises:
-        RunError: No job directories, or no job has finished.
+        RunError: No job directories, or no job has finished (the failures are quoted).
     """
     root = Path(multirun_dir).expanduser().resolve()
     if not root.is_dir():
@@ -53,15 +62,18 @@ def load_runs(multirun_dir: str | Path) -> xr.Dataset:
             f"{root} holds no job directories (0/, 1/, ... with params.nc); pass a sweep's "
             "outputs/multirun/DATE/TIME."
         )
-    finished = [job for job in jobs if (job / "params.nc").is_file()]
-    skipped = [job.name for job in jobs if job not in finished]
-    if skipped:
-        warnings.warn(
-            f"load_runs: skipped jobs without params.nc (running or failed): {', '.join(skipped)}",
-            stacklevel=2,
-        )
+    failed = {job.name: message for job in jobs if (message := failure(job)) is not None}
+    finished = [job for job in jobs if job.name not in failed and (job / "params.nc").is_file()]
+    running = [job.name for job in jobs if job not in finished and job.name not in failed]
+    if failed or running:
+        parts = [f"failed: {', '.join(failed)}"] if failed else []
+        parts += [f"running (no params.nc): {', '.join(running)}"] if running else []
+        warnings.warn(f"load_runs: left out jobs {'; '.join(parts)}", stacklevel=2)
     if not finished:
-        raise RunError(f"no job of {root} has finished (none holds params.nc).")
+        quoted = "; ".join(f"{name}: {message}" for name, message in failed.items())
+        raise RunError(
+            f"no job of {root} has finished" + (f" (failed: {quoted})" if quoted else "") + "."
+        )
     datasets, job_overrides, losses = [], [], []
     for job in finished:
         params = load_dataset(job / "params.nc")
@@ -92,4 +104,5 @@ def load_runs(multirun_dir: str | Path) -> xr.Dataset:
         np.array(losses), dims=("run",), attrs={"units": "1", "long_name": "final loss"}
     )
     combined.attrs.pop("config", None)
+    combined.attrs["failed_runs"] = "; ".join(f"{k}: {v}" for k, v in failed.items())
     return combined

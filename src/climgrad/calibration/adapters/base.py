@@ -131,6 +131,13 @@ class ModelAdapter:
         """Scalar diagnostics worth reporting (e.g. global mean, ECS); default none."""
         return {}
 
+    def scenario(self, model: Model, drivers: Any, options: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Outputs of the calibrated ``model`` under new ``drivers`` (e.g. a forcing scenario)."""
+        raise CalibrationError(
+            f"the {self.name} model takes no new drivers; run.simulate(forcing=...) works for "
+            "two_layer runs."
+        )
+
 
 ADAPTERS: dict[str, ModelAdapter] = {}
 _AdapterType = TypeVar("_AdapterType", bound=type[ModelAdapter])

@@ -17,7 +17,8 @@ from climgrad.calibration.adapters.base import (
 from climgrad.calibration.errors import CalibrationError
 from climgrad.data.drivers import read_forcing_by_agent
 from climgrad.models import Model, TwoLayerEBM
-from climgrad.models.two_layer import AR6_AGENTS, SPECS
+from climgrad.models.two_layer import AR6_AEROSOL_AGENTS, AR6_AGENTS, SPECS
+from climgrad.params import physical_parameters
 
 __all__ = ["TwoLayerAdapter"]
 
@@ -77,12 +78,45 @@ class TwoLayerAdapter(ModelAdapter):
             raise CalibrationError(f"cannot build two_layer from model.options: {err}") from None
 
     def simulate(self, model: Model, options: Mapping[str, Any]) -> dict[str, Tensor]:
-        settings = {**self.simulate_defaults, **dict(options)}
         two_layer = typed_model(model, TwoLayerEBM, self.name)
-        outputs = two_layer.simulate()
+        return self._referenced(two_layer.simulate(), options, required=True)
+
+    def scenario(self, model: Model, drivers: Any, options: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The calibrated model under another forcing (a :class:`ForcingSeries`).
+
+        The calibrated feedback, heat exchange, heat capacities, efficacy and ERF of 2xCO2 are
+        kept, and the aerosol forcing scale applies when the scenario gives both aerosol agents.
+        The state starts at zero anomaly at the scenario's first year; temperatures and heat
+        contents are taken relative to ``model.simulate``'s reference years where the scenario
+        covers them (as the calibration compared them with observations), else left as they are.
+        """
+        calibrated = typed_model(model, TwoLayerEBM, self.name)
+        values = {k: float(v) for k, v in physical_parameters(calibrated).items() if v.numel() == 1}
+        kept = ("feedback", "heat_exchange", "heat_capacity", "deep_heat_capacity", "efficacy")
+        settings: dict[str, Any] = {k: values[k] for k in (*kept, "forcing_2x") if k in values}
+        if "aerosol_forcing_scale" in values and all(
+            a in drivers.agents for a in AR6_AEROSOL_AGENTS
+        ):
+            settings["scale_values"] = {"aerosol": values["aerosol_forcing_scale"]}
+        like = calibrated.forcing_by_agent
+        try:
+            scenario = TwoLayerEBM.from_forcing(
+                drivers, dtype=like.dtype, device=like.device, **settings
+            )
+        except ValueError as err:
+            raise CalibrationError(f"cannot run the scenario: {err}") from None
+        return self._referenced(scenario.simulate(), options, required=False)
+
+    def _referenced(
+        self, outputs: dict[str, Tensor], options: Mapping[str, Any], *, required: bool
+    ) -> dict[str, Tensor]:
+        """Temperatures relative to the reference years, heat contents to the reference year."""
+        settings = {**self.simulate_defaults, **dict(options)}
         years = torch.floor(outputs["time"].detach())
         first, last = (float(y) for y in settings["temperature_reference"])
         window = (years >= first) & (years <= last)
+        if not required and not bool(window.any()):
+            return outputs
         if not bool(window.any()):
             raise CalibrationError(
                 f"model.simulate.temperature_reference={[first, last]} lies outside the run "
@@ -92,6 +126,8 @@ class TwoLayerAdapter(ModelAdapter):
             series = outputs[name]
             outputs[name] = series - series[window].mean()
         reference = (years == float(settings["heat_reference_year"])).nonzero()
+        if reference.numel() != 1 and not required:
+            return outputs
         if reference.numel() != 1:
             raise CalibrationError(
                 f"model.simulate.heat_reference_year={settings['heat_reference_year']} is not a "
