@@ -84,6 +84,10 @@ def is_transformed(*values: object) -> bool:
     a wrapped tensor has no storage to hand to NumPy or C (or aliases one behind the transform's
     back), and its values cannot steer Python control flow.
 
+    Under ``torch.compile`` this is False: Dynamo cannot call the wrapper test (a C function it
+    does not trace), and the tensors it traces are fakes of the plain tensors, never functorch
+    wrappers of the caller's transform (Dynamo captures ``torch.func`` transforms itself).
+
     Args:
         values: Anything; only tensors are inspected.
 
@@ -96,6 +100,8 @@ def is_transformed(*values: object) -> bool:
     >>> is_transformed(torch.ones(3)), seen
     (False, [True])
     """
+    if torch.compiler.is_compiling():
+        return False
     return any(
         isinstance(value, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(value)
         for value in values
@@ -151,8 +157,16 @@ def as_tensors(*values: Tensor | float) -> list[Tensor]:
     ]
 
 
-@functools.lru_cache(maxsize=256)
 def _constant_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Dynamo cannot honour the cache (it traces through it, with a warning); a constant in a
+    # compiled graph costs nothing anyway.
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype, device=device)
+    return _cached_constant_tensor(value, dtype, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_constant_tensor(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     # Numbers passed every time step (a wind speed, c_p) become tensors once per dtype and device.
     return torch.tensor(value, dtype=dtype, device=device)
 

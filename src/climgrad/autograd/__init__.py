@@ -1,7 +1,9 @@
 """Making code differentiable and proving its gradients right.
 
 - :func:`external` wraps NumPy or compiled code (finite differences, complex step, or a
-  user-supplied derivative) with a Jacobian structure that keeps the cost independent of the batch.
+  user-supplied derivative) with a Jacobian structure that keeps the cost independent of the batch;
+  :func:`external_op` registers it as a ``torch.library`` custom operator that ``torch.compile``
+  keeps in one graph.
 - :func:`check_gradients` and :func:`taylor_test` verify any differentiable function or module.
 - :func:`step` and :func:`positive_part` give thresholds an exact, smooth or straight-through
   gradient.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+from climgrad.autograd.custom_op import ExternalOp, external_op
 from climgrad.autograd.external import (
     CallCounter,
     ExternalFunction,
@@ -28,12 +31,14 @@ __all__ = [
     "CallCounter",
     "ExternalFunction",
     "ExternalFunctionError",
+    "ExternalOp",
     "GradientCheckError",
     "GradientMode",
     "GradientReport",
     "TaylorResult",
     "check_gradients",
     "external",
+    "external_op",
     "positive_part",
     "step",
     "taylor_test",

@@ -644,6 +644,22 @@ def _to_numpy(value: Any) -> Any:
     return value
 
 
+def _output_dtype_device(inputs: Sequence[Any]) -> tuple[torch.dtype | None, torch.device]:
+    """Outputs live on the first tensor's device, in the promoted dtype of the floating inputs."""
+    tensors = [v for v in inputs if isinstance(v, Tensor)]
+    floating = [v for v in tensors if v.is_floating_point()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = floating[0].dtype if floating else None
+    for value in floating[1:]:
+        dtype = torch.promote_types(dtype, value.dtype) if dtype else value.dtype
+    return dtype, device
+
+
+def _from_numpy(array: Array, dtype: torch.dtype | None, device: torch.device) -> Tensor:
+    """A tensor of ``array`` (sharing its memory where dtype and device allow)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+
 class _ExternalAutogradFunction(torch.autograd.Function):
     """Calls the wrapped NumPy callable forward; its backward is :meth:`vector_jacobian_product`."""
 
@@ -656,16 +672,8 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         # Handed to setup_context for forward mode: under torch.func.jvp the tensors that
         # setup_context and jvp see are wrapped (no storage), while these are plain.
         external._pending = (arrays, outputs)
-        tensors = [v for v in inputs if isinstance(v, Tensor)]
-        floating = [v for v in tensors if v.is_floating_point()]
-        device = tensors[0].device if tensors else torch.device("cpu")
-        dtype = floating[0].dtype if floating else None
-        for value in floating[1:]:
-            dtype = torch.promote_types(dtype, value.dtype) if dtype else value.dtype
-        return tuple(
-            torch.from_numpy(np.ascontiguousarray(output)).to(device=device, dtype=dtype)
-            for output in outputs
-        )
+        dtype, device = _output_dtype_device(inputs)
+        return tuple(_from_numpy(output, dtype, device) for output in outputs)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -704,8 +712,7 @@ class _ExternalAutogradFunction(torch.autograd.Function):
         ]
         result = external.jacobian_vector_product(arrays, outputs, directions)
         return tuple(
-            torch.from_numpy(np.ascontiguousarray(r)).to(device=device, dtype=dtype)
-            for r, (_, dtype, device) in zip(result, ctx.output_meta)
+            _from_numpy(r, dtype, device) for r, (_, dtype, device) in zip(result, ctx.output_meta)
         )
 
     @staticmethod
@@ -728,11 +735,7 @@ class _ExternalAutogradFunction(torch.autograd.Function):
             if gradient is None or not isinstance(argument, Tensor):
                 result.append(None)
             else:
-                result.append(
-                    torch.from_numpy(np.ascontiguousarray(gradient)).to(
-                        device=argument.device, dtype=argument.dtype
-                    )
-                )
+                result.append(_from_numpy(gradient, argument.dtype, argument.device))
         return tuple(result)
 
 

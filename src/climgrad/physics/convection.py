@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from climgrad.autograd.smooth import GradientMode, check_mode
+from climgrad.autograd.tracing import without_jvp
 from climgrad.constants import Constant, gas_constant_dry_air, gravity, reference_surface_pressure
 from climgrad.physics.process import Process
 from climgrad.typing import Diagnostics, State, Tendencies
@@ -528,6 +529,10 @@ class _BettsMillerFunction(torch.autograd.Function):
         return grad_temperature, grad_ratio, grad_time, None
 
 
+# torch.compile cannot trace a custom jvp; the twin serves compiled graphs (see autograd.tracing).
+_BettsMillerForTracing = without_jvp(_BettsMillerFunction)
+
+
 def betts_miller_relaxation(
     temperature: Tensor, reference_ratio: Tensor, relaxation_time: Tensor, width: float
 ) -> Tensor:
@@ -545,9 +550,8 @@ def betts_miller_relaxation(
     Returns:
         Tendency ``(..., level)`` in K s-1.
     """
-    tendency: Tensor = _BettsMillerFunction.apply(
-        temperature, reference_ratio, relaxation_time, width
-    )[0]
+    function = _BettsMillerForTracing if torch.compiler.is_compiling() else _BettsMillerFunction
+    tendency: Tensor = function.apply(temperature, reference_ratio, relaxation_time, width)[0]
     return tendency
 
 

@@ -76,6 +76,7 @@ from climgrad.validation import (
     check_same_device,
     check_same_dtype,
     check_same_last_dimension,
+    is_traced,
     is_transformed,
 )
 
@@ -328,7 +329,12 @@ def _new_history(like: Tensor, steps: int) -> Tensor:
     """
     history = like.new_empty((steps, *like.shape))
     nbytes = history.numel() * history.element_size()
-    if history.device.type != "cpu" or nbytes < 4 * _HUGE_PAGE or not _libc_madvise():
+    if (
+        history.device.type != "cpu"
+        or nbytes < 4 * _HUGE_PAGE
+        or is_traced(history)  # no storage (and no pointer) while torch.compile traces
+        or not _libc_madvise()
+    ):
         return history
     start = (history.data_ptr() + _HUGE_PAGE - 1) // _HUGE_PAGE * _HUGE_PAGE
     end = (history.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from climgrad.autograd.tracing import without_jvp
 from climgrad.constants import (
     gravity,
     heat_capacity_dry_air,
@@ -170,6 +171,10 @@ class _SensibleHeatFluxFunction(torch.autograd.Function):
         return grad_ts, grad_ta, grad_wind, grad_c, grad_rho, grad_cp
 
 
+# torch.compile cannot trace a custom jvp; the twin serves compiled graphs (see autograd.tracing).
+_SensibleHeatFluxForTracing = without_jvp(_SensibleHeatFluxFunction)
+
+
 def sensible_heat_flux(
     surface_temperature: Tensor | float,
     air_temperature: Tensor | float,
@@ -228,7 +233,10 @@ def sensible_heat_flux(
         air_density,
         heat_capacity,
     )
-    flux: Tensor = _SensibleHeatFluxFunction.apply(ts, ta, wind, coefficient, density, cp)
+    function = (
+        _SensibleHeatFluxForTracing if torch.compiler.is_compiling() else _SensibleHeatFluxFunction
+    )
+    flux: Tensor = function.apply(ts, ta, wind, coefficient, density, cp)
     return flux
 
 
@@ -351,6 +359,9 @@ class _LatentHeatFluxFunction(torch.autograd.Function):
         return tuple(grads)
 
 
+_LatentHeatFluxForTracing = without_jvp(_LatentHeatFluxFunction)
+
+
 def latent_heat_flux(
     surface_temperature: Tensor | float,
     specific_humidity: Tensor | float,
@@ -414,9 +425,10 @@ def latent_heat_flux(
         latent_heat,
     )
     check_saturation_defined(saturation_specific_humidity_kernel(ts.detach(), ps.detach(), formula))
-    flux: Tensor = _LatentHeatFluxFunction.apply(
-        ts, qa, wind, coefficient, density, ps, latent, formula
+    function = (
+        _LatentHeatFluxForTracing if torch.compiler.is_compiling() else _LatentHeatFluxFunction
     )
+    flux: Tensor = function.apply(ts, qa, wind, coefficient, density, ps, latent, formula)
     return flux
 
 
