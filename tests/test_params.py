@@ -154,3 +154,36 @@ def test_state_dict_round_trip():
     restored.load_state_dict(model.state_dict())
     assert float(restored.toy.albedo) == pytest.approx(0.41, rel=1e-14)
     assert float(restored.toy.cap) == pytest.approx(-3.0, rel=1e-14)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.floats(1e-6, 1e9, allow_nan=False, allow_infinity=False),
+    transform=st.sampled_from(["exp", "softplus"]),
+)
+def test_configured_values_read_back_exactly(value: float, transform: str) -> None:
+    """f(f⁻¹(x)) rounds; the stored correction makes the configured value come back bit for bit."""
+    module = nn.Module()
+    module.x = nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    spec = ParamSpec("x", "W m-2", 1.0, bounds=(0.0, None), transform=transform)  # type: ignore[arg-type]
+    constrain(module, "x", spec, value=value, learn=False)
+    assert float(module.x) == value
+    configure_parameters(module, {"x": value * 1.5})
+    assert float(module.x) == value * 1.5
+
+
+def test_fixed_parameters_keep_their_configured_values_and_old_state_dicts_load():
+    model = constrained_toy()
+    configure_parameters(model, {"albedo": {"value": 0.41, "learn": False}, "cap": -3.0})
+    assert float(model.toy.albedo) == 0.41  # fixed: exactly as configured
+    assert float(model.toy.cap) == pytest.approx(-3.0, rel=1e-15)  # learnable: f(f⁻¹(x))
+    assert float(model.toy.parametrizations.cap[0].correction) == 0.0  # bounds hold exactly
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(".correction")}
+    restored = constrained_toy()
+    restored.load_state_dict(old)  # a checkpoint written before the correction existed
+    assert float(restored.toy.albedo) == pytest.approx(0.41, rel=1e-14)
+    # Gradients are those of the transform alone.
+    raw = model.toy.parametrizations.cap.original
+    raw.grad = None
+    model.toy.cap.sum().backward()
+    assert raw.grad is not None and float(raw.grad) != 0.0

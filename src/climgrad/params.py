@@ -174,12 +174,22 @@ def _inverse_softplus(y: Tensor) -> Tensor:
 
 
 class Bijection(nn.Module):
-    """``torch.nn.utils.parametrize`` module: physical = f(raw), with ``right_inverse``."""
+    """``torch.nn.utils.parametrize`` module: physical = f(raw) + c, with ``right_inverse``.
+
+    ``c`` (buffer ``correction``) is, for a fixed (not learnable) parameter, the rounding left by
+    ``f(f⁻¹(value))`` when its value is set (:func:`constrain`, :func:`configure_parameters`), a
+    few ulps at most: with it a fixed parameter reads back exactly the value configured
+    (``S0 = 1360`` stays 1360, not 1360.0000000000002). It is zero for learnable parameters, so
+    the bounds hold whatever the optimizer does; gradients are those of ``f``.
+    """
+
+    correction: Tensor
 
     def __init__(self, kind: str, bounds: tuple[float | None, float | None]) -> None:
         super().__init__()
         self.kind = kind
         self.lower, self.upper = bounds
+        self.register_buffer("correction", torch.zeros((), dtype=torch.float64))
         if kind in ("softplus", "exp") and self.lower is None and self.upper is None:
             raise ValueError(f"transform {kind!r} needs a lower or an upper bound.")
         if kind == "sigmoid" and (self.lower is None or self.upper is None):
@@ -195,6 +205,31 @@ class Bijection(nn.Module):
         return _inverse_softplus(value) if self.kind == "softplus" else torch.log(value)
 
     def forward(self, raw: Tensor) -> Tensor:
+        return self.transform(raw) + self.correction
+
+    def set_exact(self, raw: Tensor, value: Tensor | None) -> None:
+        """Make ``forward(raw)`` return ``value`` exactly (``raw`` from :meth:`right_inverse`);
+        ``None`` clears the correction (learnable parameters)."""
+        with torch.no_grad():
+            if value is None:
+                self.correction = torch.zeros_like(self.correction.reshape(-1)[:1]).reshape(())
+                return
+            # value and f(raw) agree to a few ulps, so the difference and the sum are exact.
+            self.correction = (value - self.transform(raw)).detach().clone()
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Checkpoints written before the correction existed read as f(raw), as they were.
+        key = f"{prefix}correction"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.correction)
+        elif state_dict[key].shape != self.correction.shape:
+            self.correction = torch.zeros_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def transform(self, raw: Tensor) -> Tensor:
+        """``f(raw)``, without the correction."""
         if self.kind == "identity":
             return raw
         if self.kind == "sigmoid":
@@ -265,8 +300,11 @@ def constrain(
     if not isinstance(current, nn.Parameter):
         delattr(module, attribute)
     setattr(module, attribute, nn.Parameter(initial.clone()))
-    parametrize.register_parametrization(module, attribute, spec.bijection())
-    getattr(module.parametrizations, attribute).original.requires_grad_(learn)
+    bijection = spec.bijection().to(device=initial.device, dtype=initial.dtype)
+    parametrize.register_parametrization(module, attribute, bijection)
+    original = getattr(module.parametrizations, attribute).original
+    bijection.set_exact(original.detach(), None if learn else initial)
+    original.requires_grad_(learn)
     specs = dict(getattr(module, "_climgrad_param_specs", {}))
     specs[attribute] = spec
     object.__setattr__(module, "_climgrad_param_specs", specs)
@@ -382,7 +420,16 @@ def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
         if unknown:
             raise KeyError(f"{name}: unknown setting(s) {unknown}; use 'value' and/or 'learn'.")
         value = options.get("value")
-        if value is not None:
+        if "learn" in options:
+            learn = options["learn"]
+            if not isinstance(learn, bool):
+                raise ValueError(f"{name}: learn={learn!r} must be true or false.")
+            info.raw.requires_grad_(learn)
+        bijection = getattr(info.module.parametrizations, info.attribute)[0]
+        if value is None:
+            if info.raw.requires_grad:
+                bijection.set_exact(info.raw.detach(), None)
+        else:
             try:
                 target = torch.as_tensor(value, dtype=info.raw.dtype, device=info.raw.device)
             except (TypeError, ValueError, RuntimeError):
@@ -399,15 +446,10 @@ def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
                 )
             info.spec.check(target)
             with torch.no_grad():
-                raw = getattr(info.module.parametrizations, info.attribute)[0].right_inverse(
-                    target.expand_as(info.raw)
-                )
+                raw = bijection.right_inverse(target.expand_as(info.raw))
                 info.raw.copy_(raw)
-        if "learn" in options:
-            learn = options["learn"]
-            if not isinstance(learn, bool):
-                raise ValueError(f"{name}: learn={learn!r} must be true or false.")
-            info.raw.requires_grad_(learn)
+            fixed = not info.raw.requires_grad
+            bijection.set_exact(info.raw.detach(), target.expand_as(info.raw) if fixed else None)
 
 
 def _format_value(value: Tensor) -> str:

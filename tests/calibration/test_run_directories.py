@@ -203,6 +203,14 @@ def test_params_nc_best_pt_and_load_run_describe_the_best_state(tmp_path: Path) 
             np.testing.assert_array_equal(params[name].values, value.double().numpy())
             np.testing.assert_array_equal(run.params[name].values, value.double().numpy())
     assert last["step"] == 4 and best["progress"]["best_step"] == run.step
+    # Fixed parameters keep exactly the configured values (conf/model/ebm1d.yaml).
+    for name, configured in {
+        "S0": 1360.0,
+        "Tf": 263.15,
+        "ai": 0.62,
+        "heat_capacity": 4.2e7,
+    }.items():
+        assert float(run.params[name]) == configured and metrics["parameters"][name] == configured
 
 
 def test_divergence_names_the_likely_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
