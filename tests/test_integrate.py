@@ -258,3 +258,196 @@ def test_newton_backtracks_out_of_a_residual_domain() -> None:
     torch.testing.assert_close(target.grad, torch.tensor([1.0], dtype=torch.float64))
     with pytest.raises(EquilibriumError, match="domain"):
         equilibrium(residual, x0, [target], tol=1e-12, line_search=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tridiagonal structure: B3.2's analytic Jacobian, Thomas sweeps in Newton and the adjoint.
+
+
+def b3_bands():
+    """B3.2's Jacobian of ``b3_problem``'s residual as three bands (the same grid, in °C)."""
+    bands = torch.arange(90, dtype=DTYPE)
+    latitude = torch.deg2rad(-89.0 + 2.0 * bands)
+    boundary = torch.deg2rad(-90.0 + 2.0 * torch.arange(91, dtype=DTYPE))
+    p2 = (3 * torch.sin(latitude) ** 2 - 1) / 2
+    insolation = 340.0 * (1 - 0.482 * p2)
+    conductance = torch.cos(boundary)
+    conductance[0] = conductance[-1] = 0.0
+    metric = torch.cos(latitude) * (math.pi / 90) ** 2
+    warm_albedo = 0.30 + 0.078 * p2
+
+    def jacobian(temperature, a, b, d):
+        lower = d * conductance[:-1] / metric
+        upper = d * conductance[1:] / metric
+        slope = torch.tanh((temperature + 10) / 2)
+        albedo_slope = -(0.62 - warm_albedo) * (1 - slope**2) / 4
+        return lower, -(lower + upper) - insolation * albedo_slope - b, upper
+
+    return jacobian
+
+
+def test_tridiagonal_structure_matches_the_dense_path(b3):
+    residual, start, _, _ = b3
+    jacobian = b3_bands()
+    theta = [torch.tensor(v, dtype=DTYPE, requires_grad=True) for v in (190.0, 1.8, 0.45)]
+    dense_info, banded_info = EquilibriumInfo(), EquilibriumInfo()
+    dense = equilibrium(residual, start, theta, tol=1e-10, info=dense_info)
+    banded = equilibrium(
+        residual,
+        start,
+        theta,
+        jacobian=jacobian,
+        structure="tridiagonal",
+        tol=1e-10,
+        info=banded_info,
+    )
+    assert float((banded - dense).abs().max()) < 1e-10
+    assert banded_info.iterations == dense_info.iterations == 4  # B3.6
+    weights = torch.randn(90, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    dense_grads = torch.autograd.grad((dense * weights).sum(), theta)
+    banded_grads = torch.autograd.grad((banded * weights).sum(), theta)
+    for a, b in zip(banded_grads, dense_grads):
+        assert abs(float(a) - float(b)) <= 1e-10 * abs(float(b))
+
+
+def _tridiagonal_problem():
+    """A small nonlinear problem with a tridiagonal Jacobian: ``F = K x − c tanh x − b``."""
+
+    def residual(x, k, c, b):
+        laplacian = torch.nn.functional.pad(torch.diff(x, dim=-1), (1, 1))
+        return k * torch.diff(laplacian, dim=-1) - 3.0 * x - c * torch.tanh(x) - b
+
+    def jacobian(x, k, c, b):
+        n = x.shape[-1]
+        lower = k * torch.ones(n, dtype=x.dtype)
+        lower = torch.cat([torch.zeros(1, dtype=x.dtype), lower[1:]])
+        upper = torch.cat([k * torch.ones(n - 1, dtype=x.dtype), torch.zeros(1, dtype=x.dtype)])
+        degree = torch.full((n,), 2.0, dtype=x.dtype)
+        degree[0] = degree[-1] = 1.0
+        diag = -k * degree - 3.0 - c * (1 - torch.tanh(x) ** 2)
+        return lower.expand_as(diag), diag, upper.expand_as(diag)
+
+    return residual, jacobian
+
+
+def test_tridiagonal_implicit_gradient_passes_gradcheck():
+    residual, jacobian = _tridiagonal_problem()
+    k = torch.tensor(2.0, dtype=DTYPE, requires_grad=True)
+    c = torch.tensor([0.5, 1.0, 1.5, 0.7, 0.2], dtype=DTYPE, requires_grad=True)
+    b = torch.tensor([0.3, -1.0, 2.0, 0.1, -0.4], dtype=DTYPE, requires_grad=True)
+
+    def solve(k, c, b):
+        return equilibrium(
+            residual,
+            torch.zeros(5, dtype=DTYPE),
+            [k, c, b],
+            jacobian=jacobian,
+            structure="tridiagonal",
+            tol=1e-13,
+        )
+
+    assert torch.autograd.gradcheck(solve, (k, c, b))
+    # Forward mode (the Function's jvp) agrees with the reverse-mode Jacobian.
+    tangent = torch.randn(5, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    _, forward = torch.func.jvp(
+        lambda b_: solve(k.detach(), c.detach(), b_), (b.detach(),), (tangent,)
+    )
+    reverse = torch.autograd.functional.jacobian(lambda b_: solve(k, c, b_), b.detach())
+    torch.testing.assert_close(forward, reverse @ tangent, rtol=1e-10, atol=1e-12)
+
+
+def test_tridiagonal_batched_rows_equal_separate_solves():
+    residual, jacobian = _tridiagonal_problem()
+    k = torch.tensor(2.0, dtype=DTYPE)
+    c = torch.tensor([0.5, 1.0, 1.5, 0.7, 0.2], dtype=DTYPE)
+    # Rows of very different difficulty: each converges in its own number of iterations.
+    b = torch.tensor(
+        [[0.3, -1.0, 2.0, 0.1, -0.4], [0.0] * 5, [30.0, -20.0, 5.0, 1.0, 8.0]],
+        dtype=DTYPE,
+        requires_grad=True,
+    )
+    batched = equilibrium(
+        residual, torch.zeros(5, dtype=DTYPE), [k, c, b], jacobian=jacobian, structure="tridiagonal"
+    )
+    assert batched.shape == (3, 5)
+    (grad_batched,) = torch.autograd.grad(batched.square().sum(), b)
+    counts = []
+    for row in range(3):
+        info = EquilibriumInfo()
+        b_row = b[row].detach().requires_grad_(True)
+        single = equilibrium(
+            residual,
+            torch.zeros(5, dtype=DTYPE),
+            [k, c, b_row],
+            jacobian=jacobian,
+            structure="tridiagonal",
+            info=info,
+        )
+        counts.append(info.iterations)
+        assert float((single - batched[row]).abs().max()) <= 1e-12
+        (grad_single,) = torch.autograd.grad(single.square().sum(), b_row)
+        torch.testing.assert_close(grad_single, grad_batched[row], rtol=1e-12, atol=1e-14)
+    assert len(set(counts)) > 1  # the rows did need different numbers of iterations
+
+
+def test_tridiagonal_parameter_vjp_replaces_the_recorded_residual():
+    residual, jacobian = _tridiagonal_problem()
+    calls = []
+
+    def parameter_vjp(x, v, k, c, b, needs):
+        calls.append(needs)
+        laplacian = torch.diff(torch.nn.functional.pad(torch.diff(x), (1, 1)))
+        grads = [(v * laplacian).sum(), -(v * torch.tanh(x)), -v]
+        return [g if need else None for g, need in zip(grads, needs)]
+
+    theta = [
+        torch.tensor(2.0, dtype=DTYPE, requires_grad=True),
+        torch.full((5,), 0.5, dtype=DTYPE, requires_grad=True),
+        torch.linspace(-1, 1, 5, dtype=DTYPE, requires_grad=True),
+    ]
+    x0 = torch.zeros(5, dtype=DTYPE)
+    plain = equilibrium(residual, x0, theta, jacobian=jacobian, structure="tridiagonal")
+    closed = equilibrium(
+        residual, x0, theta, jacobian=jacobian, structure="tridiagonal", parameter_vjp=parameter_vjp
+    )
+    expected = torch.autograd.grad(plain.sum(), theta)
+    got = torch.autograd.grad(closed.sum(), theta)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert calls == [(True, True, True)]
+
+
+def test_a_zero_pivot_falls_back_to_pivoting_lu():
+    # J = [[0, 1], [1, 0]]: Thomas elimination divides by the zero pivot, LU pivots.
+    def residual(x, b):
+        return x.flip(-1) + 0.1 * x**3 - b
+
+    def jacobian(x, b):
+        zero = torch.zeros(2, dtype=DTYPE)
+        return (
+            torch.tensor([0.0, 1.0], dtype=DTYPE),
+            0.3 * x**2 + zero,
+            torch.tensor([1.0, 0.0], dtype=DTYPE),
+        )
+
+    b = torch.tensor([1.0, 2.0], dtype=DTYPE, requires_grad=True)
+    x = equilibrium(
+        residual,
+        torch.zeros(2, dtype=DTYPE),
+        [b],
+        jacobian=jacobian,
+        structure="tridiagonal",
+        tol=1e-12,
+    )
+    assert float(residual(x, b).abs().max()) <= 1e-12
+    (grad,) = torch.autograd.grad(x.sum(), b)  # the adjoint meets the zero pivot too
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_structure_arguments_are_checked():
+    residual, _ = _tridiagonal_problem()
+    args = (residual, torch.zeros(3, dtype=DTYPE), [torch.tensor(1.0, dtype=DTYPE)] * 3)
+    with pytest.raises(ValueError, match="Unknown Jacobian structure"):
+        equilibrium(*args, structure="banded")
+    with pytest.raises(ValueError, match="needs `jacobian=`"):
+        equilibrium(*args, structure="tridiagonal")

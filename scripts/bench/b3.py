@@ -1,15 +1,27 @@
 """Benchmark B3 (docs/benchmark_problems.md): the diffusive energy-balance model's equilibrium, Φ.
 
 :class:`climgrad.models.EBM1D` (90 bands of 2°) solved by Newton's method from B3's T⁰; the twin
-loss Φ(θ) of B3.4 at θ₀ = (190, 1.8, 0.45). Implementations of the gradient ∂Φ/∂θ:
+loss Φ(θ) of B3.4 at θ₀ = (190, 1.8, 0.45). Implementations of Φ and ∂Φ/∂θ:
 
 ``custom``
-    ``EBM1D.equilibrium``: Newton without a graph, then implicit differentiation (one adjoint
-    solve with the Jacobian at the solution, :func:`climgrad.integrate.equilibrium`).
+    ``EBM1D.equilibrium(parameters=θ)``: θ = (A, B, D) a leaf tensor in physical units; Newton
+    without a graph on B3.2's analytic tridiagonal Jacobian (one Thomas sweep per step), then
+    implicit differentiation (one transposed tridiagonal solve and a closed-form
+    vector-Jacobian product, :func:`climgrad.integrate.equilibrium`).
 ``autograd``
-    The same Newton iterations (same residual, same Jacobian by ``torch.func.jacrev``, same stopping
-    rule) recorded by autograd and differentiated through ("unrolled"); it converges to the
-    implicit gradient as Newton converges.
+    The reference of the issue "Speed where calibration spends its time": B3 in **plain
+    PyTorch** (no climgrad), Newton from T⁰ unrolled for a fixed 12 iterations with B3.2's
+    analytic *dense* Jacobian and ``torch.linalg.solve``, differentiated by autograd through
+    every iteration (:class:`PlainTorchB3`).
+``custom_raw_parameters`` (variant)
+    ``EBM1D.equilibrium()`` on the model's own (log-)parameters, as a calibration uses it;
+    ∂Φ/∂θ from the raw gradients by the chain rule (``physical_gradients``).
+``custom_dense`` (variant)
+    The same residual through the general dense path (``jacobian="dense"``: ``torch.func``
+    Jacobian and LU in Newton and in the adjoint).
+``unrolled_modules`` (variant)
+    The earlier "autograd" implementation: Newton through the model's modules
+    (``functional(model, "heating")``, Jacobian by ``torch.func.jacrev``), recorded by autograd.
 ``finite_differences_forward`` / ``finite_differences_central`` (float64 only)
     ∂Φ/∂θ from P + 1 (forward, step 1e-8 in u = θ/θ₀, as B4.3 d) or 2P + 1 solves (central,
     step 1e-5 in u). Their "forward" column is the ``custom`` forward of the same rounds.
@@ -18,6 +30,11 @@ loss Φ(θ) of B3.4 at θ₀ = (190, 1.8, 0.45). Implementations of the gradient
 variant builds the model in float32 with the float32 tolerance of B3.3 (2e-2 W m-2) and the float64
 observations rounded to float32. The full calibration from θ₀ to 1 % (B3.5) is B4's P = 3 L-BFGS-B
 with exact gradients (float64), run ``--calibration-runs`` times.
+
+``adam_step``: one Adam step of an ``ebm_ncep``-like calibration (the model as
+``conf/model/ebm1d.yaml`` builds it, A, B, D, a0, a2 learnt; the equilibrium's temperature, OLR,
+insolation and reflected shortwave against targets with the errors of ``data/specs/ebm_1d.yaml``;
+``torch.optim.Adam`` at lr 0.02), timed per step (forward, gradient, update).
 """
 
 from __future__ import annotations
@@ -25,7 +42,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import b4
 import common
@@ -87,11 +104,24 @@ GRADIENT_REFERENCE = {
 }
 
 
-def unrolled_equilibrium(model: EBM1D, tol: float, max_iter: int = 50) -> Tensor:
-    """Newton from T⁰ recorded by autograd: the gradient differentiates through every iteration.
+#: Implementation names in the result -> keys of :class:`Problem`.
+IMPLEMENTATIONS = {
+    "custom": "implicit",
+    "autograd": "plain_torch",
+    "custom_raw_parameters": "implicit_raw",
+    "custom_dense": "implicit_dense",
+    "unrolled_modules": "unrolled",
+}
+#: Newton iterations of the plain-PyTorch reference (fixed, no convergence test).
+PLAIN_NEWTON_ITERATIONS = 12
 
-    Same residual, Jacobian (``torch.func.jacrev``) and stopping rule (max |F| <= ``tol``, W m-2)
-    as :meth:`EBM1D.equilibrium`, so the iterates are the same; only the gradient path differs.
+
+def unrolled_equilibrium(model: EBM1D, tol: float, max_iter: int = 50) -> Tensor:
+    """Newton from T⁰ through the model's modules, recorded by autograd (the iterations unrolled).
+
+    Residual ``model.heating`` as a function of the module's parameters (``functional``),
+    Jacobian by ``torch.func.jacrev``, dense solves, stopping rule max |F| <= ``tol`` (W m-2):
+    the same iterates as :meth:`EBM1D.equilibrium`; only the gradient path differs.
     Returns T* ``(band,)`` in K.
     """
     residual, tensors = functional(model, "heating")
@@ -105,6 +135,65 @@ def unrolled_equilibrium(model: EBM1D, tol: float, max_iter: int = 50) -> Tensor
     raise EquilibriumError(f"unrolled Newton did not reach {tol:.1e} in {max_iter} iterations")
 
 
+class PlainTorchB3:
+    """B3 in plain PyTorch, unrolled: the reference the issue compares climgrad against.
+
+    Written from B3.1–B3.4 alone (no climgrad code): the residual
+    ``F = Q s (1 − a(T)) − (A + B T) + D 𝓛T`` in °C with 𝓛 as a dense ``(90, 90)`` matrix, its
+    analytic Jacobian ``D 𝓛 − diag(Q s ∂a/∂T + B)`` (B3.2), Newton from T⁰ for a fixed
+    :data:`PLAIN_NEWTON_ITERATIONS` iterations with ``torch.linalg.solve`` (no convergence test,
+    so no host synchronisation, as a traced loop would run), the loss Φ of B3.4, and autograd
+    through every iteration for ∂Φ/∂θ, θ = (A, B, D) a leaf tensor.
+
+    Args:
+        dtype: Of every array (B3 float64 or float32).
+        observations: y of B3.4, ``(180,)``: temperatures in K, then OLR in W m-2.
+    """
+
+    def __init__(self, dtype: torch.dtype, observations: Tensor) -> None:
+        bands = 90
+        index = torch.arange(bands, dtype=torch.float64)
+        latitude = torch.deg2rad(-89.0 + 2.0 * index)
+        boundary = torch.deg2rad(-90.0 + 2.0 * torch.arange(bands + 1, dtype=torch.float64))
+        p2 = (3.0 * torch.sin(latitude) ** 2 - 1.0) / 2.0
+        conductance = torch.cos(boundary)
+        conductance[0] = conductance[-1] = 0.0
+        metric = torch.cos(latitude) * (math.pi / bands) ** 2
+        operator = (
+            torch.diag(-(conductance[:-1] + conductance[1:]))
+            + torch.diag(conductance[1:-1], 1)
+            + torch.diag(conductance[1:-1], -1)
+        ) / metric.unsqueeze(-1)
+        self.insolation = (340.0 * (1.0 - 0.482 * p2)).to(dtype)
+        self.warm_albedo = (0.30 + 0.078 * p2).to(dtype)
+        self.operator = operator.to(dtype)
+        self.start = (12.0 - 40.0 * p2).to(dtype)
+        self.target_temperature = (observations[:bands] - CELSIUS).to(dtype)
+        self.target_olr = observations[bands:].to(dtype)
+
+    def _residual_and_jacobian(
+        self, t: Tensor, a: Tensor, b: Tensor, d: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        slope = torch.tanh((t + 10.0) / 2.0)
+        ice = 0.5 * (1.0 - slope)
+        albedo = self.warm_albedo + (0.62 - self.warm_albedo) * ice
+        residual = self.insolation * (1.0 - albedo) - (a + b * t) + d * (self.operator @ t)
+        albedo_slope = -(0.62 - self.warm_albedo) * (1.0 - slope**2) / 4.0
+        jacobian = d * self.operator - torch.diag(self.insolation * albedo_slope + b)
+        return residual, jacobian
+
+    def loss(self, theta: Tensor) -> Tensor:
+        """Φ(θ) after 12 Newton iterations from T⁰ (recorded when gradients are enabled)."""
+        a, b, d = theta.unbind()
+        t = self.start
+        for _ in range(PLAIN_NEWTON_ITERATIONS):
+            residual, jacobian = self._residual_and_jacobian(t, a, b, d)
+            t = t - torch.linalg.solve(jacobian, residual)
+        temperature = ((t - self.target_temperature) / b4.SIGMA_TEMPERATURE) ** 2
+        olr = ((a + b * t - self.target_olr) / b4.SIGMA_OLR) ** 2
+        return 0.5 * (temperature.sum() + olr.sum())
+
+
 class Problem:
     """B3 at θ₀ in one dtype: the model, observations and the timed callables (built once)."""
 
@@ -115,16 +204,34 @@ class Problem:
         self.twin.paused = True  # B3 counts nothing; B4 does.
         self.twin.reset()
         self.model = self.twin.model
+        self.theta0 = self.twin.theta0.clone()
+        self.plain = PlainTorchB3(self.theta0.dtype, self.twin.observations)
+        self.raw_parameters = list(self.model.parameters())
 
-    def _state(self, implementation: str) -> dict[str, Tensor]:
+    def _loss(self, implementation: str, theta: Tensor) -> Tensor:
+        if implementation == "plain_torch":
+            return self.plain.loss(theta)
         if implementation == "unrolled":
-            return {"surface_temperature": unrolled_equilibrium(self.model, self.tolerance)}
-        return self.model.equilibrium(tol=self.tolerance)
+            state = {"surface_temperature": unrolled_equilibrium(self.model, self.tolerance)}
+            return self.twin.misfit(self.twin._observables(self.model, state))
+        # θ in physical units, or the model's own raw parameters (written to θ₀ by reset()).
+        overrides = None if implementation == "implicit_raw" else self.twin.overrides(theta)
+        state = self.model.equilibrium(
+            tol=self.tolerance,
+            parameters=overrides,
+            jacobian="dense" if implementation == "implicit_dense" else "tridiagonal",
+        )
+        return self.twin.misfit(self.twin._observables(self.model, state, overrides))
+
+    def _takes_theta(self, implementation: str) -> bool:
+        return implementation in ("implicit", "implicit_dense", "plain_torch")
 
     def loss(self, implementation: str) -> Tensor:
         """Φ(θ₀) with or without a graph (the caller sets the grad mode)."""
-        state = self._state(implementation)
-        return self.twin.misfit(self.twin._observables(self.model, state))
+        theta = self.theta0.clone()
+        if torch.is_grad_enabled() and self._takes_theta(implementation):
+            theta.requires_grad_(True)
+        return self._loss(implementation, theta)
 
     def forward(self, implementation: str) -> Callable[[], Tensor]:
         def run() -> Tensor:
@@ -137,15 +244,25 @@ class Problem:
         """Φ and ∂Φ/∂θ = (∂Φ/∂A, ∂Φ/∂B, ∂Φ/∂D) in physical units."""
         if implementation.startswith("finite_differences"):
             return self._finite_differences(implementation.endswith("central"))
+        if self._takes_theta(implementation):
 
-        def run() -> tuple[Tensor, Tensor]:
-            self.model.zero_grad(set_to_none=True)
-            value = self.loss(implementation)
+            def run_theta() -> tuple[Tensor, Tensor]:
+                theta = self.theta0.clone().requires_grad_(True)
+                value = self._loss(implementation, theta)
+                (gradient,) = torch.autograd.grad(value, theta)
+                return value.detach(), gradient
+
+            return run_theta
+
+        def run_raw() -> tuple[Tensor, Tensor]:
+            for parameter in self.raw_parameters:
+                parameter.grad = None
+            value = self._loss(implementation, self.theta0)
             value.backward()
             gradients = physical_gradients(self.model)
             return value.detach(), torch.stack([gradients[n] for n in ("A", "B", "D")])
 
-        return run
+        return run_raw
 
     def _finite_differences(self, central: bool) -> Callable[[], tuple[Tensor, Tensor]]:
         twin = self.twin
@@ -165,7 +282,6 @@ class Problem:
                 else:
                     probe[i] += b4.FINITE_DIFFERENCE_STEP
                     gradient[i] = (twin.loss(probe) - loss) / b4.FINITE_DIFFERENCE_STEP
-            twin.reset()
             # ∂Φ/∂θ = (∂Φ/∂u) / θ₀
             return torch.tensor(loss), torch.from_numpy(gradient) / theta0.double()
 
@@ -175,7 +291,8 @@ class Problem:
         """The forward half of forward+backward (graph recorded), for saved-tensor bytes."""
 
         def run() -> Tensor:
-            self.model.zero_grad(set_to_none=True)
+            for parameter in self.raw_parameters:
+                parameter.grad = None
             return self.loss(implementation)
 
         return run
@@ -279,14 +396,14 @@ def reference_check(problem: Problem, implementations: list[str]) -> dict[str, A
 
 def _entry(
     problem: Problem,
-    name: str,
+    implementation: str,
     forward: common.Timing,
     forward_backward: common.Timing,
     first_call_s: float,
 ) -> dict[str, Any]:
-    exact = not name.startswith("finite_differences")
-    implementation = "implicit" if name == "custom" else "unrolled" if name == "autograd" else name
+    exact = not implementation.startswith("finite_differences")
     return {
+        "implementation": implementation,
         "forward_s": forward.median_s,
         "forward_backward_s": forward_backward.median_s,
         "forward_cpu_s": forward.cpu_median_s,
@@ -295,13 +412,108 @@ def _entry(
         "forward_backward": forward_backward.as_dict(),
         "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
         "peak_memory_forward_bytes": common.peak_memory_bytes(
-            problem.forward("implicit" if not exact else implementation)
+            problem.forward(implementation if exact else "implicit")
         ),
         "peak_memory_bytes": common.peak_memory_bytes(problem.forward_backward(implementation)),
         "saved_tensor_bytes": (
             graph_saved_bytes(problem.loss_with_graph(implementation)()) if exact else 0
         ),
         "first_call_s": first_call_s,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# One Adam step of an ebm_ncep-like calibration
+# ------------------------------------------------------------------------------------------------
+
+#: conf/model/ebm1d.yaml: values, and which parameters are learnt.
+EBM_NCEP_MODEL: dict[str, Any] = {
+    "bands": 90,
+    "insolation": "p2",
+    "albedo_mode": "smooth",
+    "transition_width": 2.0,
+    "A": 210.0,
+    "B": 2.0,
+    "D": 0.555,
+    "a0": 0.30,
+    "a2": 0.078,
+    "ai": 0.62,
+    "Tf": 263.15,
+    "S0": 1360.0,
+    "heat_capacity": 4.2e7,
+    "learn": ("A", "B", "D", "a0", "a2"),
+}
+#: data/specs/ebm_1d.yaml: observed variable -> (model output, error in its units).
+EBM_NCEP_OBSERVATIONS = {
+    "surface_temperature": ("surface_temperature", 1.0),
+    "outgoing_longwave": ("outgoing_longwave_radiation", 5.0),
+    "insolation": ("insolation", 1.0),
+    "reflected_shortwave": ("reflected_shortwave_radiation", 5.0),
+}
+#: Targets: the equilibrium of North et al. (1981)'s values (the twin_ebm1d truth).
+EBM_NCEP_TARGET = {"A": 203.3, "B": 2.09, "D": 0.649, "a0": 0.31, "a2": 0.06}
+ADAM_LEARNING_RATE = 0.02  # conf/optimizer/adam.yaml
+
+
+def ebm_ncep_step(
+    jacobian: Literal["tridiagonal", "dense"] = "tridiagonal",
+) -> Callable[[], Tensor]:
+    """One Adam step (forward, gradient, update) of an ``ebm_ncep``-like calibration.
+
+    The model as ``conf/model/ebm1d.yaml`` builds it; as the ``ebm1d`` adapter simulates it
+    (``EBM1D.equilibrium`` at 1e-9 W m-2, then ``model(state)`` for the diagnostics); the misfit
+    of the calibration loss, ``Σ_v Σ_i a_i ((y_i − o_i)/σ_v)²`` with area weights ``a_i``
+    (summing to one) and the errors of ``data/specs/ebm_1d.yaml``, against targets made by the
+    model at North et al. (1981)'s values (the data are not read: the step's cost does not depend
+    on them); ``torch.optim.Adam`` on the raw parameters at lr 0.02.
+    """
+    model = EBM1D(**EBM_NCEP_MODEL)
+    truth = EBM1D(**{**EBM_NCEP_MODEL, **EBM_NCEP_TARGET})
+    with torch.no_grad():
+        truth_state = truth.equilibrium()
+        truth_outputs = {**truth_state, **truth(truth_state)[1]}
+    targets = {name: truth_outputs[output] for name, (output, _) in EBM_NCEP_OBSERVATIONS.items()}
+    grid = model.grid
+    area = torch.sin(grid.band_boundaries[1:]) - torch.sin(grid.band_boundaries[:-1])
+    weights = area / area.sum()
+    optimizer = torch.optim.Adam(model.learnable_parameters(), lr=ADAM_LEARNING_RATE)
+
+    def step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        state = model.equilibrium(tol=b4.SOLVE_TOLERANCE, jacobian=jacobian)
+        outputs = {**state, **model(state)[1]}
+        loss = torch.zeros((), dtype=weights.dtype)
+        for name, (output, error) in EBM_NCEP_OBSERVATIONS.items():
+            loss = loss + (weights * ((outputs[output] - targets[name]) / error) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def adam_step_benchmark(steps: int) -> dict[str, Any]:
+    """ms per Adam step: the default (tridiagonal) path on its own, as a calibration runs it, and
+    then interleaved with the dense path for the paired ratio (section 0.3)."""
+    alone = common.time_interleaved({"tridiagonal": ebm_ncep_step()}, repeats=steps, warmup=3)
+    paired_steps = max(5, min(steps, 20))
+    functions = {"tridiagonal": ebm_ncep_step(), "dense": ebm_ncep_step("dense")}
+    paired = common.time_interleaved(functions, repeats=paired_steps, warmup=3)
+    return {
+        "steps": steps,
+        "step_ms": _milliseconds(alone["tridiagonal"]),
+        "paired_steps": paired_steps,
+        "paired_step_ms": {name: _milliseconds(timing) for name, timing in paired.items()},
+        "speedup_tridiagonal_vs_dense": common.paired_ratio(paired["dense"], paired["tridiagonal"]),
+    }
+
+
+def _milliseconds(timing: common.Timing) -> dict[str, float]:
+    return {
+        "median": 1e3 * timing.median_s,
+        "min": 1e3 * timing.min_s,
+        "max": 1e3 * timing.max_s,
+        "cpu_median": 1e3 * timing.cpu_median_s,
     }
 
 
@@ -313,6 +525,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="full calibrations from θ₀ (B3.5; float64; 0 skips them)",
     )
+    parser.add_argument(
+        "--adam-steps",
+        type=int,
+        default=30,
+        help="timed Adam steps of the ebm_ncep-like calibration (float64; 0 skips them)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -320,19 +538,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.device != "cpu":
         raise SystemExit("B3 runs on the CPU (a 90-band model; docs/benchmark_problems.md 0.3).")
     problem = Problem(args.dtype)
-    exact = {"custom": "implicit", "autograd": "unrolled"}
     fd_names = (
         ["finite_differences_forward", "finite_differences_central"]
         if args.dtype == "float64"
         else []
     )
     first_calls = {
-        name: common.first_call_seconds(problem.forward_backward(impl))
-        for name, impl in exact.items()
+        name: common.first_call_seconds(problem.forward_backward(implementation))
+        for name, implementation in IMPLEMENTATIONS.items()
     }
-    check = reference_check(problem, list(exact.values()))
+    check = reference_check(problem, list(IMPLEMENTATIONS.values()))
     functions: dict[str, Callable[[], Any]] = {}
-    for name, implementation in exact.items():
+    for name, implementation in IMPLEMENTATIONS.items():
         functions[f"{name}/forward"] = problem.forward(implementation)
         functions[f"{name}/forward_backward"] = problem.forward_backward(implementation)
     for name in fd_names:
@@ -341,45 +558,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     entries = {
         name: _entry(
             problem,
-            name,
+            implementation,
             timings[f"{name}/forward"],
             timings[f"{name}/forward_backward"],
             first_calls[name],
         )
-        for name in exact
+        for name, implementation in IMPLEMENTATIONS.items()
     }
     variants = {
-        name: _entry(
-            problem,
-            name,
-            timings["custom/forward"],
-            timings[f"{name}/forward_backward"],
-            math.nan,
-        )
-        for name in fd_names
-    }
-    implicit = problem.forward_backward("implicit")()
-    comparisons: dict[str, Any] = {
-        "speedup_forward_backward_implicit_vs_unrolled": common.paired_ratio(
-            timings["autograd/forward_backward"], timings["custom/forward_backward"]
-        ),
-        "saved_tensor_ratio_unrolled_vs_implicit": entries["autograd"]["saved_tensor_bytes"]
-        / max(entries["custom"]["saved_tensor_bytes"], 1),
-        "gradient_relative_error_unrolled_vs_implicit": common.relative_error(
-            problem.forward_backward("unrolled")()[1], implicit[1]
-        ),
+        name: entries[name] for name in IMPLEMENTATIONS if name not in ("custom", "autograd")
     }
     for name in fd_names:
-        comparisons[f"gradient_relative_error_{name}_vs_implicit"] = common.relative_error(
+        variants[name] = _entry(
+            problem, name, timings["custom/forward"], timings[f"{name}/forward_backward"], math.nan
+        )
+    implicit = problem.forward_backward("implicit")()
+    comparisons: dict[str, Any] = {}
+    for name in IMPLEMENTATIONS:
+        if name == "custom":
+            continue
+        # How many times faster `custom` is than `name` (paired rounds).
+        comparisons[f"speedup_forward_backward_custom_vs_{name}"] = common.paired_ratio(
+            timings[f"{name}/forward_backward"], timings["custom/forward_backward"]
+        )
+        comparisons[f"speedup_forward_custom_vs_{name}"] = common.paired_ratio(
+            timings[f"{name}/forward"], timings["custom/forward"]
+        )
+        comparisons[f"gradient_relative_error_{name}_vs_custom"] = common.relative_error(
+            problem.forward_backward(IMPLEMENTATIONS[name])()[1], implicit[1]
+        )
+    comparisons["speedup_forward_backward_custom_raw_parameters_vs_autograd"] = common.paired_ratio(
+        timings["autograd/forward_backward"],
+        timings["custom_raw_parameters/forward_backward"],
+    )
+    comparisons["saved_tensor_ratio_unrolled_modules_vs_custom"] = entries["unrolled_modules"][
+        "saved_tensor_bytes"
+    ] / max(entries["custom"]["saved_tensor_bytes"], 1)
+    for name in fd_names:
+        comparisons[f"gradient_relative_error_{name}_vs_custom"] = common.relative_error(
             problem.forward_backward(name)()[1], implicit[1]
         )
-        comparisons[f"speedup_{name}_vs_implicit"] = common.paired_ratio(
+        comparisons[f"speedup_{name}_vs_custom"] = common.paired_ratio(
             timings[f"{name}/forward_backward"], timings["custom/forward_backward"]
         )
     calibration = None
     runs = getattr(args, "calibration_runs", 3)
     if args.dtype == "float64" and runs > 0:
         calibration = b4.run_method(b4.Twin(3), "lbfgs", repeats=runs, seeds=(), time_limit=None)
+    adam = None
+    adam_steps = getattr(args, "adam_steps", 30)
+    if args.dtype == "float64" and adam_steps > 0:
+        adam = adam_step_benchmark(adam_steps)
+        comparisons["adam_step_ms"] = adam["step_ms"]
+        comparisons["adam_step_speedup_tridiagonal_vs_dense"] = adam["speedup_tridiagonal_vs_dense"]
     return {
         "problem": "B3",
         "dtype": args.dtype,
@@ -393,5 +624,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "variants": variants,
         "comparisons": comparisons,
         "calibration": calibration,
+        "adam_step": adam,
         "state_array_bytes": 90 * common.dtype_from_name(args.dtype).itemsize,
     }

@@ -20,10 +20,11 @@ Twin calibrations of :class:`climgrad.models.EBM1D` in float64, variant ``P = 3`
     The same L-BFGS-B with forward-difference gradients, absolute step 1e-8 in u (P + 1 solves per
     gradient, no reverse pass).
 
-**Normalised coordinates.** Every method works on u = θ/θ₀ (B4.2). :class:`Twin` maps u to the
-model by writing θ = u θ₀ into EBM1D's own (log-)parameters before each solve (``right_inverse``
-of each parameter's bijection, as ``configure_parameters`` does); gradients come back through the
-model's implicit differentiation, as ``physical_gradients`` (∂Φ/∂θ), times θ₀ (∂Φ/∂u = θ₀ ∂Φ/∂θ).
+**Normalised coordinates.** Every method works on u = θ/θ₀ (B4.2). :class:`Twin` passes
+θ = u θ₀ to the model in physical units (``EBM1D.equilibrium(parameters=...)``), as a leaf
+tensor whose gradient ∂Φ/∂θ comes back through the model's implicit differentiation; ∂Φ/∂u =
+θ₀ ∂Φ/∂θ. EKI and CMA-ES evaluate their ensemble or population in one batched solve (each member
+counts as one solve; a batch with a failed row is re-solved member by member).
 
 **Failed evaluations.** A u with a non-positive or non-finite θ cannot be written into the model
 (A, B, D are positive by construction); a solve where Newton's method does not reach the tolerance
@@ -60,7 +61,7 @@ from torch import Tensor
 
 from climgrad.integrate import EquilibriumError
 from climgrad.models import EBM1D
-from climgrad.params import ParameterInfo, display_names, physical_gradients
+from climgrad.params import ParameterInfo, display_names
 from climgrad.physics.insolation import legendre_p2
 
 #: B3.4: observation error scales of temperature (K) and OLR (W m-2).
@@ -182,14 +183,17 @@ class Twin:
         return int(self.theta0.numel())
 
     @staticmethod
-    def _observables(model: EBM1D, state: dict[str, Tensor]) -> Tensor:
-        """G: the 90 temperatures (K) then the 90 OLR values (W m-2), ``(180,)``."""
-        olr = model(state)[1]["outgoing_longwave_radiation"]
-        return torch.cat([state["surface_temperature"], olr])
+    def _observables(
+        model: EBM1D, state: dict[str, Tensor], parameters: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """G: the 90 temperatures (K) then the 90 OLR values (W m-2), ``(..., 180)``."""
+        temperature = state["surface_temperature"]
+        olr = model.outgoing_longwave(temperature, parameters)
+        return torch.cat([temperature, olr], dim=-1)
 
     def misfit(self, observables: Tensor) -> Tensor:
-        """Φ = ½ Σ ((G − y)/σ)² (B3.4), dimensionless."""
-        return 0.5 * (((observables - self.observations) / self.error_scale) ** 2).sum()
+        """Φ = ½ Σ ((G − y)/σ)² (B3.4), dimensionless (one per row of a batch)."""
+        return 0.5 * (((observables - self.observations) / self.error_scale) ** 2).sum(-1)
 
     def error(self, u: np.ndarray | Tensor) -> float:
         """e(u) = max_i |u_i / u*_i − 1| (B4.2)."""
@@ -197,11 +201,12 @@ class Twin:
         return float(np.max(np.abs(values / self.u_true - 1.0)))
 
     def reset(self) -> None:
-        """Zero the counters and put the guess θ₀ back into the model."""
+        """Zero the counters and put the guess θ₀ back into the model's own parameters."""
         self.counters = Counters()
         self._write(self.theta0)
 
     def _write(self, theta: Tensor) -> None:
+        """θ into the model's raw parameters (for the paths that read the model's own values)."""
         offset = 0
         with torch.no_grad():
             for info in self.parameters:
@@ -211,21 +216,31 @@ class Twin:
                 info.raw.copy_(bijection.right_inverse(piece))
                 offset += count
 
-    def _set(self, u: np.ndarray | Tensor) -> bool:
-        """Write θ = u θ₀ into the model; False (and nothing written) if θ is not positive."""
+    def overrides(self, theta: Tensor) -> dict[str, Tensor]:
+        """θ ``(..., P)`` as EBM1D's ``parameters=`` (physical units; a leading batch kept)."""
+        result: dict[str, Tensor] = {}
+        offset = 0
+        for name, info in zip(self.names, self.parameters, strict=True):
+            count = info.raw.numel()
+            piece = theta[..., offset : offset + count]
+            result[name] = piece.reshape((*theta.shape[:-1], *info.raw.shape))
+            offset += count
+        return result
+
+    def theta(self, u: np.ndarray | Tensor) -> Tensor | None:
+        """θ = u θ₀ (``(..., P)``), or None (counted as rejected) if any θ is not positive."""
         theta = torch.as_tensor(u, dtype=torch.float64).to(self.dtype) * self.theta0
         if not bool(torch.isfinite(theta).all()) or bool((theta <= 0).any()):
             if not self.paused:
                 self.counters.rejected_points += 1
-            return False
-        self._write(theta)
-        return True
+            return None
+        return theta
 
-    def _solve(self) -> dict[str, Tensor] | None:
+    def _solve(self, theta: Tensor) -> dict[str, Tensor] | None:
         if not self.paused:
             self.counters.solves += 1
         try:
-            return self.model.equilibrium(tol=self.tolerance)
+            return self.model.equilibrium(tol=self.tolerance, parameters=self.overrides(theta))
         except EquilibriumError:
             if not self.paused:
                 self.counters.failed_solves += 1
@@ -233,38 +248,85 @@ class Twin:
 
     def observe(self, u: np.ndarray | Tensor) -> np.ndarray | None:
         """G(u) as float64 numpy ``(180,)``, or None for a failed evaluation. One solve."""
-        if not self._set(u):
+        theta = self.theta(u)
+        if theta is None:
             return None
         with torch.no_grad():
-            state = self._solve()
+            state = self._solve(theta)
             if state is None:
                 return None
-            return self._observables(self.model, state).double().numpy()
+            return self._observables(self.model, state, self.overrides(theta)).double().numpy()
+
+    def observe_batch(self, members: np.ndarray) -> np.ndarray:
+        """G of J members ``(J, P)`` in one batched solve: ``(J, 180)``, NaN rows where failed.
+
+        Each member counts as one solve (B4.2). Members with a non-positive θ are rejected
+        without a solve. The batch is solved with plain Newton (rows independent); if any row
+        fails, every valid member is solved again on its own (with the restart policy of a
+        single solve), so the result is what one-by-one evaluation gives (those solves count).
+        """
+        outputs = np.full((members.shape[0], 180), np.nan)
+        theta = torch.as_tensor(members, dtype=torch.float64).to(self.dtype) * self.theta0
+        valid = (torch.isfinite(theta).all(-1) & (theta > 0).all(-1)).numpy()
+        if not self.paused:
+            self.counters.rejected_points += int((~valid).sum())
+            self.counters.solves += int(valid.sum())
+        if not valid.any():
+            return outputs
+        batch = theta[torch.from_numpy(valid)]
+        with torch.no_grad():
+            try:
+                parameters = self.overrides(batch)
+                state = self.model.equilibrium(
+                    tol=self.tolerance, parameters=parameters, line_search=False
+                )
+                observed = self._observables(self.model, state, parameters)
+                outputs[valid] = observed.double().numpy()
+                return outputs
+            except EquilibriumError:
+                pass
+        for index in np.flatnonzero(valid):
+            observed_one = self.observe(members[index])
+            if observed_one is not None:
+                outputs[index] = observed_one
+        return outputs
 
     def loss(self, u: np.ndarray | Tensor) -> float:
         """Φ(u) (no gradient); +inf for a failed evaluation. One solve."""
-        if not self._set(u):
+        theta = self.theta(u)
+        if theta is None:
             return math.inf
         with torch.no_grad():
-            state = self._solve()
+            state = self._solve(theta)
             if state is None:
                 return math.inf
-            return float(self.misfit(self._observables(self.model, state)))
+            return float(self.misfit(self._observables(self.model, state, self.overrides(theta))))
+
+    def loss_batch(self, members: np.ndarray) -> np.ndarray:
+        """Φ of J members ``(J, P)`` (:meth:`observe_batch`); +inf where an evaluation failed."""
+        observed = self.observe_batch(members)
+        y = self.observations.double().numpy()
+        scale = self.error_scale.double().numpy()
+        values = 0.5 * (((observed - y) / scale) ** 2).sum(-1)
+        return np.where(np.isfinite(values), values, math.inf)
 
     def loss_and_theta_gradient(self, u: np.ndarray | Tensor) -> tuple[Tensor, Tensor] | None:
-        """Φ and ∂Φ/∂θ (physical units, flattened ``(P,)``) at u; None if the evaluation fails."""
-        if not self._set(u):
+        """Φ and ∂Φ/∂θ (physical units, flattened ``(P,)``) at u; None if the evaluation fails.
+
+        θ is a leaf tensor passed to the model as ``parameters=``, so the reverse pass gives
+        ∂Φ/∂θ directly.
+        """
+        theta = self.theta(u)
+        if theta is None:
             return None
-        self.model.zero_grad(set_to_none=True)
-        state = self._solve()
+        theta.requires_grad_(True)
+        state = self._solve(theta)
         if state is None:
             return None
-        loss = self.misfit(self._observables(self.model, state))
-        loss.backward()
+        loss = self.misfit(self._observables(self.model, state, self.overrides(theta)))
+        (gradient,) = torch.autograd.grad(loss, theta)
         if not self.paused:
             self.counters.reverse_passes += 1
-        gradients = physical_gradients(self.model)
-        gradient = torch.cat([gradients[n].reshape(-1) for n in self.names])
         return loss.detach(), gradient
 
     def loss_and_gradient(self, u: np.ndarray | Tensor) -> tuple[float, np.ndarray | None]:
@@ -467,12 +529,9 @@ def run_eki(
     try:
         for step in range(1, cap + 1):
             iterations = step
-            predictions = np.full((ensemble_size, y.size), np.nan)
-            for j in range(ensemble_size):
-                clock.check()
-                observed = twin.observe(ensemble[j])
-                if observed is not None:
-                    predictions[j] = observed
+            clock.check()
+            # The J members in one batched solve (each counts as a solve).
+            predictions = twin.observe_batch(ensemble)
             ok = np.isfinite(predictions).all(axis=1)
             if ok.sum() < 2:
                 stopped = "failed evaluation (fewer than 2 successful members)"
@@ -544,10 +603,9 @@ def run_cmaes(twin: Twin, seed: int, time_limit: float | None = None) -> RunResu
         while twin.counters.solves + strategy.popsize <= cap:
             iterations += 1
             candidates = strategy.ask()
-            values = []
-            for candidate in candidates:
-                clock.check()
-                values.append(twin.loss(candidate))
+            clock.check()
+            # The population in one batched solve (each member counts as a solve).
+            values = twin.loss_batch(np.array(candidates)).tolist()
             strategy.tell(candidates, values)
             if twin.error(strategy.mean) <= SUCCESS_THRESHOLD:
                 success, stopped = True, "success"

@@ -14,7 +14,13 @@
     by the implicit function theorem instead of through the iterations: for a loss ``ℓ(x*)``,
     ``dℓ/dθ = -λᵀ ∂F/∂θ`` with ``(∂F/∂x)ᵀ λ = ∂ℓ/∂x*``, one adjoint linear solve at the solution
     (e.g. Bai, Kolter & Koltun 2019, NeurIPS, "Deep Equilibrium Models"). The gradient is exact at
-    the solution whatever the number of iterations, and costs no memory for them.
+    the solution whatever the number of iterations, and costs no memory for them. The Jacobian is
+    dense by default (``torch.func``, LU with pivoting: any residual); a residual whose Jacobian
+    is tridiagonal (one-dimensional diffusion plus local terms, such as an energy-balance model
+    on latitude bands) passes its three bands (``structure="tridiagonal"``), and each Newton step
+    and the adjoint solve become one Thomas sweep (:mod:`climgrad.tridiagonal`), rows of a batch
+    converging independently; a closed-form ``parameter_vjp`` can replace the recorded residual
+    in the backward pass.
 ``solve_with_restarts`` and ``continuation``
     Where Newton needs a good start (steep switches, several equilibria), a model names its
     starting points (a warm state, longer spin-ups, a cold start) and these try them in turn, or
@@ -36,9 +42,17 @@ from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from climgrad.tridiagonal import (
+    factor_levels_first,
+    solve_factored_levels_first,
+    solve_factored_transposed_levels_first,
+)
+
 __all__ = [
+    "Bands",
     "EquilibriumError",
     "EquilibriumInfo",
+    "JacobianStructure",
     "continuation",
     "equilibrium",
     "jacobian",
@@ -179,6 +193,11 @@ class EquilibriumInfo:
 
 
 Residual = Callable[..., Tensor]
+#: Three bands ``(lower, diag, upper)`` of a tridiagonal matrix, each ``(..., n)``.
+Bands = tuple[Tensor, Tensor, Tensor]
+#: How Newton's method and the adjoint solve with ``∂F/∂x`` (see :func:`equilibrium`).
+JacobianStructure = Literal["dense", "tridiagonal"]
+_STRUCTURES: tuple[str, ...] = ("dense", "tridiagonal")
 _Start = TypeVar("_Start")
 _Solution = TypeVar("_Solution")
 
@@ -345,63 +364,241 @@ def _jacobian_forward_mode(residual: Residual, x: Tensor, params: Sequence[Tenso
     return torch.stack(columns, dim=-1)
 
 
+def _tridiagonal_solve(bands: Bands, rhs: Tensor, *, transposed: bool = False) -> Tensor:
+    """``J⁻¹ rhs`` (or ``J⁻ᵀ rhs``) for a banded ``J = (lower, diag, upper)``, rows independent.
+
+    The bands and ``rhs`` are ``(..., n)`` and broadcast; row ``k`` of ``J`` reads
+    ``lower_k x_{k−1} + diag_k x_k + upper_k x_{k+1}``. One Thomas factorisation and one sweep
+    (:mod:`climgrad.tridiagonal`'s levels-first kernels, compiled on CPU), no autograd: Newton's
+    steps and the adjoint solve need values only.
+    """
+    lower, diag, upper = bands
+    shape = _broadcast_shape(lower.shape, diag.shape, upper.shape, rhs.shape)
+    operands = (lower, diag, upper, rhs)
+    if len(shape) == 1 and all(t.shape == shape for t in operands):
+        # One system: the vectors are already levels first.
+        a, b, c, d = (t.contiguous() for t in operands)
+    else:
+        n = shape[-1]
+        a, b, c, d = (t.expand(shape).reshape(-1, n).T.contiguous() for t in operands)
+    upper_ratio, inverse_pivot = torch.empty_like(b), torch.empty_like(b)
+    factor_levels_first(a, b, c, out=(upper_ratio, inverse_pivot))
+    sweep = solve_factored_transposed_levels_first if transposed else solve_factored_levels_first
+    solution = sweep(a, upper_ratio, inverse_pivot, d, out=torch.empty_like(d))
+    return solution if solution.shape == shape else solution.T.reshape(shape)
+
+
+def _broadcast_shape(*shapes: torch.Size) -> tuple[int, ...]:
+    """The broadcast of ``shapes`` (no checks: ``expand`` rejects a mismatch).
+
+    ``torch.broadcast_shapes`` costs more than a small Thomas sweep on the CPU.
+    """
+    if all(shape == shapes[0] for shape in shapes):
+        return tuple(shapes[0])
+    ndim = max(len(shape) for shape in shapes)
+    result = [1] * ndim
+    for shape in shapes:
+        for axis, size in enumerate(shape, ndim - len(shape)):
+            if size != 1:
+                result[axis] = size
+    return tuple(result)
+
+
+def _dense_from_bands(bands: Bands) -> Tensor:
+    """The ``(..., n, n)`` matrix of three ``(..., n)`` bands (for the pivoting fallback)."""
+    lower, diag, upper = torch.broadcast_tensors(*bands)
+    return (
+        torch.diag_embed(diag)
+        + torch.diag_embed(lower[..., 1:], offset=-1)
+        + torch.diag_embed(upper[..., :-1], offset=1)
+    )
+
+
+def _solve_linearised(
+    structure: JacobianStructure,
+    jac: Tensor | Bands,
+    rhs: Tensor,
+    *,
+    transposed: bool = False,
+    pivot_fallback: bool = True,
+) -> Tensor:
+    """``J⁻¹ rhs`` or ``J⁻ᵀ rhs`` for a dense ``(..., n, n)`` or banded Jacobian.
+
+    Thomas elimination does not pivot. Near a stable equilibrium ``−J`` is similar to a positive
+    definite matrix (diffusion plus damping) and elimination is stable, but an iterate far from
+    it may make ``J`` indefinite and a pivot zero; with ``pivot_fallback`` non-finite values
+    then send the system to LU with partial pivoting (``torch.linalg.solve``); without it they are
+    returned (Newton's loop checks its step's residual instead, which costs nothing extra). A
+    singular matrix raises ``torch.linalg.LinAlgError``.
+    """
+    if structure == "tridiagonal":
+        assert isinstance(jac, tuple)
+        solution = _tridiagonal_solve(jac, rhs, transposed=transposed)
+        if not pivot_fallback or bool(torch.isfinite(solution).all()):
+            return solution
+        matrix = _dense_from_bands(jac)
+    else:
+        assert isinstance(jac, Tensor)
+        matrix = jac
+    if transposed:
+        matrix = matrix.transpose(-1, -2)
+    return torch.linalg.solve(matrix, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+def _linearise(
+    residual: Residual,
+    jacobian: Callable[..., Any] | None,
+    structure: JacobianStructure,
+    x: Tensor,
+    params: Sequence[Tensor],
+) -> Tensor | Bands:
+    """``∂F/∂x`` at ``x``: the caller's ``jacobian`` (bands or matrix), else dense by autograd."""
+    jac = jacobian(x, *params) if jacobian is not None else None
+    if jac is None:
+        with torch.enable_grad():
+            jac = _jacobian(residual, x, [p.detach() for p in params])
+    if structure == "tridiagonal":
+        return tuple(jac)
+    result: Tensor = jac
+    return result
+
+
+def _max_norm(values: Tensor, rowwise: bool) -> Tensor:
+    """``max |F|`` over everything (a 0-d tensor), or per row ``(...)`` when ``rowwise``."""
+    return values.abs().amax(dim=-1) if rowwise else values.abs().max()
+
+
 def _newton(
     residual: Residual,
     x0: Tensor,
     params: Sequence[Tensor],
-    jacobian: Callable[..., Tensor] | None,
+    jacobian: Callable[..., Any] | None,
+    structure: JacobianStructure,
     tol: float,
     max_iter: int,
     line_search: bool,
     info: EquilibriumInfo,
 ) -> Tensor:
-    x = x0.detach().clone()
+    """Newton's method from ``x0``; with ``structure="tridiagonal"`` rows converge on their own.
+
+    With a banded Jacobian and a batch of rows ``(..., n)`` (independent systems, e.g. one per
+    parameter set), each row stops moving once its own ``max |F|`` is within ``tol``, and the
+    backtracking halves each row's step separately, so a row takes the steps it would take
+    alone. The dense path keeps one norm for the whole batch.
+    """
     with torch.no_grad():
+        x = x0.detach()
         f = residual(x, *params)
-        norm = float(f.abs().max())
+        if f.shape != x.shape:
+            # Parameters with a leading batch dimension: every row starts from x0.
+            x = x.expand(f.shape)
+        x = x.clone()
+        rowwise = structure == "tridiagonal" and x.ndim > 1
+        norms = _max_norm(f, rowwise)
+        norm = float(norms.max())
         for iteration in range(max_iter + 1):
             info.iterations, info.residual = iteration, norm
             if norm <= tol:
                 return x
             if iteration == max_iter:
                 break
-            jac = jacobian(x, *params) if jacobian is not None else None
-            if jac is None:
-                with torch.enable_grad():
-                    jac = _jacobian(residual, x, params)
+            jac = _linearise(residual, jacobian, structure, x, params)
+            tries = 30 if line_search else 1
             try:
-                delta = torch.linalg.solve(jac, f.unsqueeze(-1)).squeeze(-1)
+                delta = _solve_linearised(structure, jac, f, pivot_fallback=False)
+                x_new, f_new, norms_new = _backtrack(
+                    residual, params, x, delta, norms, tol, tries, rowwise
+                )
+                norm_new = float(norms_new.max())
+                if (
+                    isinstance(jac, tuple)
+                    and not math.isfinite(norm_new)
+                    and not bool(torch.isfinite(delta).all())
+                ):
+                    # A zero pivot in Thomas elimination: take this step with pivoting LU.
+                    delta = _solve_linearised("dense", _dense_from_bands(jac), f)
+                    x_new, f_new, norms_new = _backtrack(
+                        residual, params, x, delta, norms, tol, tries, rowwise
+                    )
+                    norm_new = float(norms_new.max())
             except torch.linalg.LinAlgError as error:
                 raise EquilibriumError(
                     f"Newton's method met a singular Jacobian at iteration {iteration} (max |F| = "
                     f"{norm:.3e}); start closer to the equilibrium or check that one exists."
                 ) from error
-            # Optional backtracking: halve the Newton step until the residual decreases. Off by
-            # default, because it changes the path, and so possibly the branch reached.
-            # A trial that leaves the residual's domain (its checks raise ValueError, e.g. for a
-            # negative temperature) or gives non-finite values counts as infinitely bad.
-            scale = 1.0
-            for _ in range(30 if line_search else 1):
-                candidate = x - scale * delta
-                try:
-                    f_candidate = residual(candidate, *params)
-                    norm_candidate = float(f_candidate.abs().max())
-                except ValueError:
-                    norm_candidate = math.inf
-                if norm_candidate < norm or norm_candidate <= tol:
-                    break
-                scale *= 0.5
-            if not math.isfinite(norm_candidate):
+            if not math.isfinite(norm_new):
                 raise EquilibriumError(
                     f"Newton's step at iteration {iteration} left the residual's domain or gave "
-                    f"non-finite values (max |F| was {norm:.3e}); start closer to the equilibrium "
-                    "(more spin-up steps)."
+                    f"non-finite values (max |F| was {norm:.3e}); start closer to the "
+                    "equilibrium (more spin-up steps)."
                 )
-            x, f, norm = candidate, f_candidate, norm_candidate
+            x, f, norms, norm = x_new, f_new, norms_new, norm_new
     raise EquilibriumError(
         f"Newton's method did not converge in {max_iter} iterations: max |F| = {norm:.3e} > "
         f"tol = {tol:.1e}. Raise max_iter, loosen tol, or start closer to the equilibrium."
     )
+
+
+def _backtrack(
+    residual: Residual,
+    params: Sequence[Tensor],
+    x: Tensor,
+    delta: Tensor,
+    norms: Tensor,
+    tol: float,
+    tries: int,
+    rowwise: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``x − s δ`` with ``s = 1, ½, ¼, …`` until ``max |F|`` decreases (at most ``tries``).
+
+    Optional backtracking: with ``tries = 1`` this is the plain Newton step. Backtracking is off
+    by default, because it changes the path, and so possibly the branch reached. A trial that
+    leaves the residual's domain (its checks raise ValueError, e.g. for a negative temperature)
+    counts as infinitely bad. ``rowwise``: each row halves its own step.
+
+    Returns:
+        ``(x_new, F(x_new), max |F(x_new)|)`` (the norm per row when ``rowwise``).
+    """
+    if rowwise:
+        # Rows already within tol stay where they are.
+        delta = torch.where((norms > tol).unsqueeze(-1), delta, torch.zeros_like(delta))
+    scale: float | Tensor = 1.0
+    candidate, values, candidate_norms = _trial(residual, params, x, scale, delta, norms, rowwise)
+    for _ in range(tries - 1):
+        accepted = (candidate_norms < norms) | (candidate_norms <= tol)
+        if bool(accepted.all()):
+            break
+        if rowwise:
+            halve = torch.where(accepted, 1.0, 0.5).unsqueeze(-1)
+            scale = halve if isinstance(scale, float) else scale * halve
+        else:
+            scale = 0.5 * scale
+        candidate, values, candidate_norms = _trial(
+            residual, params, x, scale, delta, norms, rowwise
+        )
+    return candidate, values, candidate_norms
+
+
+def _trial(
+    residual: Residual,
+    params: Sequence[Tensor],
+    x: Tensor,
+    scale: float | Tensor,
+    delta: Tensor,
+    norms: Tensor,
+    rowwise: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``x − scale δ``, its residual and max-norm (inf where the residual raises ValueError)."""
+    candidate = x - delta if isinstance(scale, float) and scale == 1.0 else x - scale * delta
+    try:
+        values = residual(candidate, *params)
+        return candidate, values, _max_norm(values, rowwise)
+    except ValueError:
+        return candidate, torch.full_like(x, math.inf), torch.full_like(norms, math.inf)
+
+
+#: Arguments of ``_EquilibriumFunction.apply`` before the parameters.
+_HEAD = 9
 
 
 class _EquilibriumFunction(torch.autograd.Function):
@@ -410,7 +607,9 @@ class _EquilibriumFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         residual: Residual,
-        jacobian: Callable[..., Tensor] | None,
+        jacobian: Callable[..., Any] | None,
+        parameter_vjp: Callable[..., Sequence[Tensor | None]] | None,
+        structure: JacobianStructure,
         tol: float,
         max_iter: int,
         line_search: bool | str,
@@ -418,20 +617,27 @@ class _EquilibriumFunction(torch.autograd.Function):
         x0: Tensor,
         *params: Tensor,
     ) -> Tensor:
+        def solve(backtracking: bool) -> Tensor:
+            return _newton(
+                residual, x0, params, jacobian, structure, tol, max_iter, backtracking, info
+            )
+
         if line_search != "auto":
-            return _newton(residual, x0, params, jacobian, tol, max_iter, bool(line_search), info)
+            return solve(bool(line_search))
         try:
-            return _newton(residual, x0, params, jacobian, tol, max_iter, False, info)
+            return solve(False)
         except EquilibriumError:
             # Plain Newton cycled or diverged: restart from x0 with backtracking.
-            return _newton(residual, x0, params, jacobian, tol, max_iter, True, info)
+            return solve(True)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        residual, jacobian, *_rest = inputs
-        params = inputs[7:]
+        residual, jacobian, parameter_vjp, structure = inputs[:4]
+        params = inputs[_HEAD:]
         ctx.residual = residual
         ctx.jacobian = jacobian
+        ctx.parameter_vjp = parameter_vjp
+        ctx.structure = structure
         ctx.save_for_backward(output, *params)
         ctx.save_for_forward(output, *params)
 
@@ -440,43 +646,48 @@ class _EquilibriumFunction(torch.autograd.Function):
         """Forward mode: ``J dx* = -(∂F/∂θ) dθ`` at the solution."""
         solution, *params = ctx.saved_tensors
         param_tangents = [
-            torch.zeros_like(p) if t is None else t for p, t in zip(params, tangents[7:])
+            torch.zeros_like(p) if t is None else t for p, t in zip(params, tangents[_HEAD:])
         ]
         x = solution.detach()
         primals = [p.detach() for p in params]
         with torch.enable_grad():
-            jac = ctx.jacobian(x, *primals) if ctx.jacobian is not None else None
-            if jac is None:
-                jac = _jacobian(ctx.residual, x, primals)
+            jac = _linearise(ctx.residual, ctx.jacobian, ctx.structure, x, primals)
         forcing = torch.func.jvp(
             lambda *ps: ctx.residual(x, *ps), tuple(primals), tuple(param_tangents)
         )[1]
-        return -torch.linalg.solve(jac, forcing.unsqueeze(-1)).squeeze(-1)
+        return -_solve_linearised(ctx.structure, jac, forcing.expand(x.shape))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_solution: Tensor) -> tuple[Tensor | None, ...]:
         solution, *params = ctx.saved_tensors
-        needs = ctx.needs_input_grad[7:]
-        # residual, jacobian, tol, max_iter, line_search, info, x0
-        head: tuple[None, ...] = (None,) * 7
+        needs = ctx.needs_input_grad[_HEAD:]
+        # residual, jacobian, parameter_vjp, structure, tol, max_iter, line_search, info, x0
+        head: tuple[None, ...] = (None,) * _HEAD
         if not any(needs):
             return (*head, *(None for _ in params))
         x = solution.detach()
-        detached = [p.detach().requires_grad_(need) for p, need in zip(params, needs)]
-        with torch.enable_grad():
-            jac = ctx.jacobian(x, *detached) if ctx.jacobian is not None else None
-            if jac is None:
-                jac = _jacobian(ctx.residual, x, [p.detach() for p in params])
-            adjoint = torch.linalg.solve(jac.transpose(-1, -2), grad_solution.unsqueeze(-1))
-            adjoint = adjoint.squeeze(-1)
-            f = ctx.residual(x, *detached)
-            wanted = [p for p, need in zip(detached, needs) if need]
-            grads = iter(torch.autograd.grad(f, wanted, grad_outputs=-adjoint, allow_unused=True))
+        if ctx.parameter_vjp is not None:
+            primals = [p.detach() for p in params]
+            jac = _linearise(ctx.residual, ctx.jacobian, ctx.structure, x, primals)
+            adjoint = _solve_linearised(ctx.structure, jac, grad_solution, transposed=True)
+            grads = iter(ctx.parameter_vjp(x, -adjoint, *primals, needs=tuple(needs)))
+        else:
+            detached = [p.detach().requires_grad_(need) for p, need in zip(params, needs)]
+            with torch.enable_grad():
+                jac = _linearise(ctx.residual, ctx.jacobian, ctx.structure, x, detached)
+                adjoint = _solve_linearised(ctx.structure, jac, grad_solution, transposed=True)
+                f = ctx.residual(x, *detached)
+                wanted = [p for p, need in zip(detached, needs) if need]
+                grads = iter(
+                    torch.autograd.grad(f, wanted, grad_outputs=-adjoint, allow_unused=True)
+                )
+            # Only the wanted ones were differentiated: realign with every parameter.
+            grads = iter([next(grads) if need else None for need in needs])
         result = []
         for p, need in zip(params, needs):
-            g = next(grads) if need else None
-            result.append(torch.zeros_like(p) if (need and g is None) else g)
+            g = next(grads)
+            result.append(None if not need else torch.zeros_like(p) if g is None else g)
         # x0 gets no gradient: the equilibrium does not depend on the starting point.
         return (*head, *result)
 
@@ -486,7 +697,9 @@ def equilibrium(
     x0: Tensor,
     params: Sequence[Tensor],
     *,
-    jacobian: Callable[..., Tensor] | None = None,
+    jacobian: Callable[..., Any] | None = None,
+    structure: JacobianStructure = "dense",
+    parameter_vjp: Callable[..., Sequence[Tensor | None]] | None = None,
     tol: float = 1e-9,
     max_iter: int = 50,
     line_search: bool | Literal["auto"] = "auto",
@@ -496,10 +709,24 @@ def equilibrium(
 
     Args:
         residual: ``F(x, *params) -> Tensor`` of the shape of ``x``: ``(n,)``, or ``(batch, n)``
-            with rows independent (e.g. columns). Written in torch, so autograd gives ``∂F/∂θ``.
+            with rows independent (e.g. columns, or one row per parameter set: with
+            ``params`` that carry a leading batch dimension the residual may return
+            ``(batch, n)`` for an ``(n,)`` start, and every row starts from ``x0``). Written in
+            torch, so autograd gives ``∂F/∂θ``.
         x0: Starting point. Where several equilibria exist it selects one (document it).
         params: Tensors ``θ`` the solution is differentiated with respect to.
-        jacobian: Optional ``(x, *params) -> ∂F/∂x`` of shape ``(..., n, n)``; default: by autograd.
+        jacobian: ``(x, *params) -> ∂F/∂x``. With ``structure="dense"`` (optional; default: by
+            autograd) a ``(..., n, n)`` tensor; with ``structure="tridiagonal"`` (required) the
+            three bands ``(lower, diag, upper)``, each ``(..., n)``, in the layout of
+            :func:`climgrad.tridiagonal.solve_tridiagonal` (``lower[..., 0]`` and
+            ``upper[..., -1]`` ignored).
+        structure: ``"dense"`` (LU with partial pivoting, any Jacobian) or ``"tridiagonal"``
+            (Thomas elimination on the bands, ``O(n)`` per Newton step and for the adjoint; each
+            row of a batch converges on its own; a zero pivot falls back to dense LU).
+        parameter_vjp: Optional ``(x, v, *params, needs=...) -> [vᵀ ∂F/∂θ_i for each i]`` (a
+            tensor of ``θ_i``'s shape, or ``None`` where ``needs[i]`` is false), for residuals
+            whose parameter derivatives are closed-form; the default records ``residual`` once
+            with autograd in the backward pass.
         tol: Convergence when ``max |F| <= tol`` (in the units of ``F``).
         max_iter: Newton iterations before :class:`EquilibriumError`.
         line_search: Halve Newton steps that do not reduce ``max |F|`` (more robust far from
@@ -510,11 +737,23 @@ def equilibrium(
 
     Returns:
         ``x*`` with ``F(x*, θ) = 0``; its gradient flows to ``params`` by the implicit function
-        theorem (one transposed linear solve), not through the iterations.
+        theorem (one transposed linear solve, ``(∂F/∂x)ᵀ λ = ∂ℓ/∂x*``, then one vector-Jacobian
+        product ``−λᵀ ∂F/∂θ`` through ``residual``), not through the iterations.
+
+    Raises:
+        ValueError: An unknown ``structure``, or ``"tridiagonal"`` without ``jacobian``.
+        EquilibriumError: Newton did not reach ``tol``.
     """
+    if structure not in _STRUCTURES:
+        raise ValueError(f"Unknown Jacobian structure {structure!r}; use one of {_STRUCTURES}.")
+    if structure == "tridiagonal" and jacobian is None:
+        raise ValueError(
+            "structure='tridiagonal' needs `jacobian=`: a function (x, *params) -> (lower, diag, "
+            "upper) giving the three bands of dF/dx, each of the shape of x."
+        )
     if info is None:
         info = EquilibriumInfo()
     result: Tensor = _EquilibriumFunction.apply(
-        residual, jacobian, tol, max_iter, line_search, info, x0, *params
+        residual, jacobian, parameter_vjp, structure, tol, max_iter, line_search, info, x0, *params
     )
     return result

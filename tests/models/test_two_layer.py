@@ -521,3 +521,70 @@ def test_cuda_matches_cpu_in_values_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-10)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+# J parameter sets in one rollout ------------------------------------------------------------
+
+
+def _parameter_sets(count: int) -> dict[str, Tensor]:
+    generator = torch.Generator().manual_seed(11)
+
+    def draw(low: float, high: float) -> Tensor:
+        uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+        return (low + (high - low) * uniform).requires_grad_(True)
+
+    return {
+        "feedback": draw(0.8, 1.6),
+        "heat_capacity": draw(6.0, 10.0) * watt_year,
+        "efficacy": draw(1.0, 1.5),
+        "aerosol_forcing_scale": draw(0.5, 1.5),
+    }
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 50])
+def test_a_batch_of_parameter_sets_equals_separate_rollouts(checkpoint_every: int | None) -> None:
+    model = _ar6()
+    sets = _parameter_sets(4)
+    batched = model.simulate(parameters=sets, checkpoint_every=checkpoint_every)
+    temperature = batched["surface_temperature_anomaly"]
+    assert temperature.shape == (170, 4)
+    assert batched["radiative_forcing"].shape == (170, 4)  # the aerosol scale is batched
+    weights = torch.randn(170, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    loss = (temperature * weights).sum() + batched["ocean_heat_content_zj"][-1].sum()
+    gradients = torch.autograd.grad(loss, list(sets.values()))
+    for j in range(4):
+        one = {name: value[j].detach().requires_grad_(True) for name, value in sets.items()}
+        single = model.simulate(parameters=one, checkpoint_every=checkpoint_every)
+        for name, series in single.items():
+            if name == "time":
+                continue
+            reference = batched[name][..., j]
+            assert float((series - reference).abs().max()) <= 1e-10 * max(
+                1.0, float(reference.abs().max())
+            ), name
+        single_loss = (single["surface_temperature_anomaly"] * weights[:, j]).sum()
+        single_loss = single_loss + single["ocean_heat_content_zj"][-1]
+        single_gradients = torch.autograd.grad(single_loss, list(one.values()))
+        for a, b in zip(single_gradients, gradients):
+            assert float(a) == pytest.approx(float(b[j]), rel=1e-10)
+
+
+def test_parameters_equal_to_the_models_own_change_nothing() -> None:
+    model = _ar6()
+    plain = model.simulate()
+    own = {name: value.detach() for name, value in model.parameter_values().items()}
+    replaced = model.simulate(parameters=own)
+    for name, series in plain.items():
+        torch.testing.assert_close(replaced[name], series, rtol=0, atol=0)
+    feedback = torch.tensor([1.0, 1.13, 2.0], dtype=torch.float64)
+    propagators = model.propagator(parameters={"feedback": feedback})
+    assert propagators.shape == (3, 5, 5)
+    torch.testing.assert_close(propagators[1], model.propagator(), rtol=1e-12, atol=1e-14)
+
+
+def test_parameters_argument_is_checked() -> None:
+    model = _ar6()
+    with pytest.raises(KeyError, match="valid"):
+        model.simulate(parameters={"lambda": torch.ones(2)})
+    with pytest.raises(ValueError, match="outside its bounds"):
+        model.simulate(parameters={"feedback": torch.tensor([1.0, -1.0])})

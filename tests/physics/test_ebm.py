@@ -15,12 +15,16 @@ from climgrad.physics.ebm import (
     IceAlbedo,
     LatitudeGrid,
     MeridionalDiffusion,
+    NetHeatingJacobian,
     OutgoingLongwave,
     absorbed_shortwave,
     ice_albedo,
     implicit_diffusion_kernel,
     implicit_meridional_diffusion_step,
     meridional_diffusion,
+    net_heating_coefficients,
+    net_heating_kernel,
+    net_heating_parameter_vjp,
     outgoing_longwave,
 )
 from climgrad.physics.insolation import annual_mean_insolation_p2, legendre_p2
@@ -671,6 +675,97 @@ def test_implicit_step_method_runs_under_vmap() -> None:
     torch.testing.assert_close(
         batched.detach(), module.implicit_step(temperature, 5 * DAY).detach()
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole model's net heating in closed form (Newton's residual), its bands and its VJP
+
+MODES = ("smooth", "exact", "straight_through")
+
+
+def _net_heating_inputs(
+    grid: LatitudeGrid, batch: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A temperature across the ice edge and the five coefficients at B3-like parameters."""
+    generator = torch.Generator().manual_seed(3)
+    temperature = KELVIN - 5.0 + 25.0 * torch.cos(grid.band_centres)
+    temperature = temperature + torch.randn(*batch, grid.n_bands, generator=generator, dtype=F64)
+    insolation = annual_mean_insolation_p2(grid.sin_latitude, solar_constant=1360.0)
+    scale = torch.ones(batch, dtype=F64) if batch else torch.ones((), dtype=F64)
+    a0, a2, ai = 0.30 * scale, 0.078 * scale, 0.62 * scale
+    olr_intercept, olr_slope, diffusivity = 200.0 * scale, 1.9 * scale, 0.5 * scale
+    freezing = 263.15 * scale
+    if batch:
+        a0, a2, ai, olr_intercept, olr_slope, diffusivity, freezing = (
+            t.unsqueeze(-1) for t in (a0, a2, ai, olr_intercept, olr_slope, diffusivity, freezing)
+        )
+    offset, ice_contrast = net_heating_coefficients(
+        insolation, a0, a2, ai, olr_intercept, legendre_p2(grid.sin_latitude)
+    )
+    diffusion_scale = diffusivity / (grid.cos_latitude * grid.band_width**2)
+    return temperature, [offset, ice_contrast, olr_slope, diffusion_scale, freezing]
+
+
+def _constants(grid: LatitudeGrid, mode: str) -> dict[str, object]:
+    return {"transition_width": 2.0, "interface_weights": grid.interface_weights, "mode": mode}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_net_heating_kernel_is_the_sum_of_the_processes(mode: str) -> None:
+    grid = LatitudeGrid.uniform(24)
+    temperature, coefficients = _net_heating_inputs(grid)
+    olr = OutgoingLongwave(200.0, 1.9)
+    shortwave = AbsorbedShortwave(grid, mode=mode)  # type: ignore[arg-type]
+    diffusion = MeridionalDiffusion(grid, 0.5)
+    expected = olr.heating(temperature) + shortwave.heating(temperature)
+    expected = expected + diffusion.heating(temperature)
+    with torch.no_grad():
+        got = net_heating_kernel(temperature, *coefficients, **_constants(grid, mode))  # type: ignore[arg-type]
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_net_heating_jacobian_is_b3_2_and_autograds(mode: str) -> None:
+    grid = LatitudeGrid.uniform(16)
+    temperature, coefficients = _net_heating_inputs(grid)
+    constants = _constants(grid, mode)
+    # Reverse mode row by row: the straight-through step has no vmap rule.
+    dense = torch.autograd.functional.jacobian(
+        lambda t: net_heating_kernel(t, *coefficients, **constants),  # type: ignore[arg-type]
+        temperature,
+    )
+    lower, diag, upper = NetHeatingJacobian(*coefficients, **constants)(temperature)  # type: ignore[arg-type]
+    banded = torch.diag(diag) + torch.diag(lower[1:], -1) + torch.diag(upper[:-1], 1)
+    torch.testing.assert_close(banded, dense.detach(), rtol=1e-12, atol=1e-12)
+    assert float(lower[0]) == 0.0 and float(upper[-1]) == 0.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_net_heating_parameter_vjp_matches_autograd(mode: str, batch: tuple[int, ...]) -> None:
+    grid = LatitudeGrid.uniform(16)
+    temperature, coefficients = _net_heating_inputs(grid, batch)
+    constants = _constants(grid, mode)
+    leaves = [c.detach().requires_grad_(True) for c in coefficients]
+    cotangent = torch.randn(
+        temperature.shape, dtype=F64, generator=torch.Generator().manual_seed(4)
+    )
+    heating = net_heating_kernel(temperature, *leaves, **constants)  # type: ignore[arg-type]
+    expected = torch.autograd.grad(heating, leaves, cotangent, allow_unused=True)
+    got = net_heating_parameter_vjp(temperature, cotangent, *coefficients, **constants)  # type: ignore[arg-type]
+    for name, a, b in zip(("offset", "ice", "B", "scale", "Tf"), got, expected):
+        assert a is not None, name
+        reference = torch.zeros_like(a) if b is None else b
+        assert a.shape == reference.shape, name
+        torch.testing.assert_close(a, reference, rtol=1e-12, atol=1e-12, msg=name)
+    partial = net_heating_parameter_vjp(
+        temperature,
+        cotangent,
+        *coefficients,
+        **constants,
+        needs=(False, True, False, False, True),  # type: ignore[arg-type]
+    )
+    assert [g is None for g in partial] == [True, False, True, True, False]
 
 
 # ----------------------------------------------------------------------------------------------

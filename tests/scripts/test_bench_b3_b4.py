@@ -38,15 +38,17 @@ def bench_modules() -> Iterator[tuple[Any, Any, Any]]:
 def b3_float64(bench_modules: tuple[Any, Any, Any]) -> tuple[Any, dict[str, Any]]:
     b3 = bench_modules[0]
     problem = b3.Problem("float64")
-    return problem, b3.reference_check(problem, ["implicit", "unrolled"])
+    return problem, b3.reference_check(problem, list(b3.IMPLEMENTATIONS.values()))
 
 
 def test_b3_float64_reference_values(b3_float64: tuple[Any, dict[str, Any]]) -> None:
     _, check = b3_float64
     entries = check["entries"]
     assert check["passed"], {k: v for k, v in entries.items() if not v["passed"]}
-    # Both exact gradients reproduce B3.6 to the float64 gate (1e-8), and the iteration counts.
-    for implementation in ("implicit", "unrolled"):
+    # Every exact gradient reproduces B3.6 to the float64 gate (1e-8): the tridiagonal implicit
+    # one (θ passed in physical units, or the model's own parameters), the dense implicit one,
+    # Newton unrolled through the modules, and the plain-PyTorch reference (12 iterations).
+    for implementation in ("implicit", "implicit_raw", "implicit_dense", "unrolled", "plain_torch"):
         for quantity in ("Phi", "dA", "dB", "dD"):
             assert entries[f"{implementation}: {quantity}"]["relative_error"] <= 1e-8
     assert entries["truth Newton iterations to 1e-10"]["value"] == 6
@@ -57,7 +59,7 @@ def test_b3_float64_reference_values(b3_float64: tuple[Any, dict[str, Any]]) -> 
 def test_b3_float32_gate(bench_modules: tuple[Any, Any, Any]) -> None:
     b3 = bench_modules[0]
     problem = b3.Problem("float32")
-    check = b3.reference_check(problem, ["implicit"])
+    check = b3.reference_check(problem, ["implicit", "plain_torch"])
     assert check["passed"], {k: v for k, v in check["entries"].items() if not v["passed"]}
     loss, gradient = problem.forward_backward("implicit")()
     assert loss.dtype == torch.float32 and gradient.dtype == torch.float32
@@ -85,8 +87,37 @@ def test_b3_unrolled_gradient_keeps_the_iterations(
     problem, _ = b3_float64
     implicit = b3.graph_saved_bytes(problem.loss_with_graph("implicit")())
     unrolled = b3.graph_saved_bytes(problem.loss_with_graph("unrolled")())
-    # One 90 x 90 Jacobian per Newton iteration (4 at the guess) is kept by the unrolled graph.
+    plain = b3.graph_saved_bytes(problem.loss_with_graph("plain_torch")())
+    # One 90 x 90 Jacobian per Newton iteration (4 at the guess, 12 in the plain reference) is
+    # kept by the unrolled graphs; the implicit graph keeps band-sized vectors only.
     assert unrolled > 4 * 90 * 90 * 8 > implicit > 0
+    assert plain > 12 * 90 * 90 * 8
+    assert implicit < 90 * 90 * 8
+
+
+def test_b3_plain_torch_reference_is_climgrad_free_and_unrolled(
+    b3_float64: tuple[Any, dict[str, Any]], bench_modules: tuple[Any, Any, Any]
+) -> None:
+    b3, _, common = bench_modules
+    problem, _ = b3_float64
+    loss, gradient = problem.forward_backward("plain_torch")()
+    _, implicit = problem.forward_backward("implicit")()
+    assert common.relative_error(gradient, implicit) < 1e-10
+    assert float(loss) == pytest.approx(893957.153119, rel=1e-9)
+    assert b3.PLAIN_NEWTON_ITERATIONS == 12
+    with torch.no_grad():
+        assert float(problem.forward("plain_torch")()) == pytest.approx(float(loss), rel=1e-12)
+
+
+def test_b3_adam_step_of_the_ebm_ncep_calibration_runs(bench_modules: tuple[Any, Any, Any]) -> None:
+    b3 = bench_modules[0]
+    step = b3.ebm_ncep_step()
+    losses = [float(step()) for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    result = b3.adam_step_benchmark(2)
+    assert result["step_ms"]["median"] > 0
+    assert set(result["paired_step_ms"]) == {"tridiagonal", "dense"}
+    assert result["speedup_tridiagonal_vs_dense"]["median"] > 0
 
 
 def test_b4_p91_reference_values(bench_modules: tuple[Any, Any, Any]) -> None:
@@ -132,7 +163,7 @@ def test_b4_failed_evaluations_are_infinite_and_counted(
     assert twin.counters.rejected_points == 3 and twin.counters.solves == 0
     # Newton cannot reach 1e-9 in 0 iterations: a failed solve, counted as a solve.
 
-    def failing(tol: float) -> None:
+    def failing(**options: Any) -> None:
         raise b4.EquilibriumError("forced")
 
     twin.model.equilibrium = failing  # type: ignore[method-assign]
@@ -165,3 +196,22 @@ def test_b4_reduced_run_json_shape(bench_modules: tuple[Any, Any, Any]) -> None:
         assert len(summary["runs"]) == 1
         assert summary["wall_s"]["median"] > 0
     assert "| P=3 | lbfgs | yes |" in b4.format_table([result])
+
+
+def test_b4_batched_observations_equal_member_by_member(
+    bench_modules: tuple[Any, Any, Any],
+) -> None:
+    b4 = bench_modules[1]
+    twin = b4.Twin(3)
+    twin.reset()
+    members = np.array([[1.0, 1.0, 1.0], [1.05, 1.1, 1.2], [-1.0, 1.0, 1.0], [1.1, 0.95, 1.3]])
+    batched = twin.observe_batch(members)
+    assert twin.counters.solves == 3 and twin.counters.rejected_points == 1
+    assert np.isnan(batched[2]).all()
+    for j in (0, 1, 3):
+        single = twin.observe(members[j])
+        assert single is not None
+        np.testing.assert_allclose(batched[j], single, rtol=1e-12, atol=0)
+    losses = twin.loss_batch(members)
+    assert losses[2] == math.inf
+    assert losses[1] == pytest.approx(twin.loss(members[1]), rel=1e-12)

@@ -30,11 +30,20 @@ name               units        meaning                                  default
 Positive parameters are stored as logarithms, so an optimizer step changes each by a similar
 *relative* amount whatever its magnitude. ``Tf`` is dead in ``albedo_mode="exact"`` (see
 :mod:`climgrad.physics.ebm`). The equilibrium does not depend on ``heat_capacity``.
+
+Speed. :meth:`EBM1D.equilibrium` resolves every parameter once per solve (each bijection
+evaluated once) into the coefficients of :func:`~climgrad.physics.ebm.net_heating_kernel`, and
+Newton's method and the adjoint use B3.2's analytic tridiagonal Jacobian (one Thomas sweep each).
+:meth:`EBM1D.forward` evaluates the processes' kernels with the parameters resolved once too;
+the processes still run, and are tested, on their own. ``parameters=`` evaluates J parameter sets
+in one call (rows of one batched solve); see ``docs/benchmarks_b3_b4.md`` for the measurements.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,13 +51,19 @@ from torch import Tensor
 from climgrad.autograd.smooth import GradientMode
 from climgrad.constants import freezing_point, seconds_per_year
 from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
-from climgrad.models.base import Model, functional
+from climgrad.models.base import Model
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.ebm import (
     AbsorbedShortwave,
     LatitudeGrid,
     MeridionalDiffusion,
+    NetHeatingJacobian,
     OutgoingLongwave,
+    ice_fraction_kernel,
+    meridional_diffusion_kernel,
+    net_heating_coefficients,
+    net_heating_kernel,
+    net_heating_parameter_vjp,
 )
 from climgrad.physics.insolation import (
     annual_mean_insolation,
@@ -58,7 +73,7 @@ from climgrad.physics.insolation import (
 )
 from climgrad.typing import Diagnostics, State, Tendencies
 
-__all__ = ["EBM1D"]
+__all__ = ["EBM1D", "EquilibriumResidual"]
 
 _LOG: TransformName = "exp"
 SPECS: dict[str, ParamSpec] = {
@@ -85,6 +100,48 @@ _LOCATION = {
     "Tf": ("shortwave", "albedo.freezing_temperature"),
     "S0": ("shortwave", "solar_constant"),
 }
+#: The same as (process, parent modules, attribute), split once.
+_PATHS = {
+    name: (process, tuple(path.split(".")[:-1]), path.split(".")[-1])
+    for name, (process, path) in _LOCATION.items()
+}
+#: Parameters that ``parameters=`` may replace (everything in SPECS).
+_OVERRIDABLE = (*_LOCATION, "heat_capacity")
+#: Parameters of the equilibrium (the heat capacity does not enter it).
+_EQUILIBRIUM_PARAMETERS = tuple(_LOCATION)
+
+
+class EquilibriumResidual(NamedTuple):
+    """The equilibrium problem of :class:`EBM1D` for one set of parameter values.
+
+    Attributes:
+        residual: ``residual(T, *coefficients)``, the net heating in W m-2
+            (:func:`~climgrad.physics.ebm.net_heating_kernel`).
+        jacobian: ``jacobian(T)``, its tridiagonal Jacobian at these coefficients (B3.2).
+        parameter_vjp: ``parameter_vjp(T, v, *coefficients, needs=...)``, the closed-form
+            ``vᵀ ∂F/∂c`` (:func:`~climgrad.physics.ebm.net_heating_parameter_vjp`).
+        coefficients: ``(offset, ice_contrast, B, D / (cos φ Δφ²), T_f)``, computed once from the
+            parameters with their autograd graph, ``(..., band)`` or broadcastable.
+    """
+
+    residual: functools.partial[Tensor]
+    jacobian: NetHeatingJacobian
+    parameter_vjp: functools.partial[list[Tensor | None]]
+    coefficients: list[Tensor]
+
+
+def _physical_value(owner: torch.nn.Module, attribute: str) -> Tensor:
+    """``owner.<attribute>`` for a parameter constrained by :func:`climgrad.params.constrain`.
+
+    The same value as the attribute itself (raw tensor through its bijections), without the
+    two module calls of :mod:`torch.nn.utils.parametrize` per access: this runs once per solve and
+    per parameter, where those calls cost more than the arithmetic.
+    """
+    chain: Any = owner.parametrizations[attribute]  # type: ignore[index]
+    value: Tensor = chain.original
+    for bijection in chain:
+        value = bijection.forward(value)
+    return value
 
 
 class EBM1D(Model):
@@ -102,7 +159,16 @@ class EBM1D(Model):
         dtype, device: Of the parameters and the grid.
 
     State: ``{"surface_temperature": (..., band) K}``.
+
+    Parameter sets in one call: :meth:`equilibrium`, :meth:`forward` and :meth:`heating` take
+    ``parameters={"A": tensor, ...}`` (physical units) in place of the model's own values. A
+    parameter that is a scalar in the model takes a ``(J,)`` tensor (one value per set); a field
+    (``A`` built per band) takes ``(J, band)``. The J sets are independent rows ``(J, band)`` of
+    one batched solve, and gradients flow to the tensors passed.
     """
+
+    legendre_p2_of_latitude: Tensor
+    inverse_metric: Tensor
 
     def __init__(
         self,
@@ -162,6 +228,14 @@ class EBM1D(Model):
                 owner = getattr(owner, parent)
             constrain(owner, attribute, SPECS[name], value=values[name], learn=name in learn)
         constrain(self, "heat_capacity", SPECS["heat_capacity"], learn="heat_capacity" in learn)
+        # Grid factors every solve needs (not in the state dict: they follow from `bands`).
+        self.n_bands = bands
+        self.register_buffer(
+            "legendre_p2_of_latitude", legendre_p2(grid.sin_latitude), persistent=False
+        )
+        self.register_buffer(
+            "inverse_metric", 1.0 / (grid.cos_latitude * grid.band_width**2), persistent=False
+        )
         if device is not None:
             self.to(device)
 
@@ -176,38 +250,159 @@ class EBM1D(Model):
 
     def initial_state(self) -> dict[str, Tensor]:
         """B3's starting state ``T = 12 − 40 P₂(x)`` °C, in K: the warm (present-day) branch."""
-        x = self.grid.sin_latitude
-        return {"surface_temperature": freezing_point + 12.0 - 40.0 * legendre_p2(x)}
+        return {"surface_temperature": freezing_point + 12.0 - 40.0 * self.legendre_p2_of_latitude}
+
+    # Parameters ------------------------------------------------------------------------------
+
+    def parameter_values(
+        self,
+        parameters: Mapping[str, Tensor | float] | None = None,
+        *,
+        names: tuple[str, ...] = _OVERRIDABLE,
+    ) -> dict[str, Tensor]:
+        """Parameters in physical units, each bijection evaluated once.
+
+        Args:
+            parameters: Optional replacements in physical units (see the class docstring):
+                ``(J,)`` for a scalar parameter, ``(J, band)`` for a field, any leading batch
+                shape. Checked against the parameter's bounds.
+            names: Which parameters to return (default all: ``A, B, D, a0, a2, ai, Tf, S0,
+                heat_capacity``).
+
+        Returns:
+            ``name -> value``; values with a batch dimension are shaped to broadcast against
+            ``(..., band)`` (a batch of scalars as ``(J, 1)``). Gradients reach the model's raw
+            parameters, or the tensors passed.
+
+        Raises:
+            KeyError: An unknown name in ``parameters``.
+            ValueError: A replacement of the wrong shape, or outside the parameter's bounds.
+        """
+        overrides = parameters or {}
+        unknown = [name for name in overrides if name not in _OVERRIDABLE]
+        if unknown:
+            raise KeyError(
+                f"Unknown parameter(s) {sorted(unknown)} in parameters=; valid: "
+                f"{list(_OVERRIDABLE)}."
+            )
+        values: dict[str, Tensor] = {}
+        for name in names:
+            if name == "heat_capacity":
+                owner: torch.nn.Module = self
+                attribute = name
+            else:
+                process, parents, attribute = _PATHS[name]
+                owner = self.processes[process]
+                for parent in parents:
+                    owner = getattr(owner, parent)
+            own = _physical_value(owner, attribute)
+            values[name] = own if name not in overrides else self._override(name, overrides, own)
+        return values
+
+    @staticmethod
+    def _override(name: str, overrides: Mapping[str, Tensor | float], own: Tensor) -> Tensor:
+        value = torch.as_tensor(overrides[name], dtype=own.dtype, device=own.device)
+        if value.ndim < own.ndim or tuple(value.shape[value.ndim - own.ndim :]) != tuple(own.shape):
+            raise ValueError(
+                f"parameters[{name!r}] has shape {tuple(value.shape)}; the model's {name} has "
+                f"shape {tuple(own.shape)}, so give ({'J, ' if own.ndim else 'J'}"
+                f"{', '.join(str(n) for n in own.shape)}) for J parameter sets."
+            )
+        SPECS[name].check(value.detach())
+        # A batch of scalars broadcasts against the bands as (..., 1).
+        return value.unsqueeze(-1) if own.ndim == 0 and value.ndim > 0 else value
 
     # Physics ---------------------------------------------------------------------------------
 
-    def heating(self, surface_temperature: Tensor) -> Tensor:
-        """Net column heating ``ASR − OLR + D𝓛T`` in W m-2, ``(..., band)``."""
-        total = surface_temperature.new_zeros(())
-        for process in self.processes.values():
-            total = total + process.heating(surface_temperature)  # type: ignore[operator]
-        return total
+    def _fluxes(
+        self, temperature: Tensor, values: Mapping[str, Tensor], insolation: Tensor | None
+    ) -> dict[str, Tensor]:
+        """The processes' diagnostics, from parameters resolved once (:meth:`parameter_values`).
 
-    def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
+        The same kernels as :class:`AbsorbedShortwave`, :class:`OutgoingLongwave` and
+        :class:`MeridionalDiffusion` (each of which also runs on its own), without looking every
+        parameter up through its module and bijection at each call.
+        """
+        shortwave = self.processes["shortwave"]
+        assert isinstance(shortwave, AbsorbedShortwave)
+        albedo_module = shortwave.albedo
+        incoming = values["S0"] * shortwave.insolation_pattern if insolation is None else insolation
+        warm = values["a0"] + values["a2"] * self.legendre_p2_of_latitude
+        ice = ice_fraction_kernel(
+            values["Tf"] - temperature, albedo_module.transition_width, albedo_module.mode
+        )
+        albedo = warm + (values["ai"] - warm) * ice
+        diffusion = self.processes["diffusion"]
+        assert isinstance(diffusion, MeridionalDiffusion)
+        return {
+            "absorbed_shortwave_radiation": incoming * (1.0 - albedo),
+            "albedo": albedo,
+            "ice_fraction": ice,
+            "outgoing_longwave_radiation": values["A"]
+            + values["B"] * (temperature - float(freezing_point)),
+            "meridional_heat_convergence": meridional_diffusion_kernel(
+                temperature,
+                values["D"],
+                diffusion.interface_weights,
+                diffusion.cos_latitude,
+                diffusion.band_width,
+            ),
+            "insolation": incoming,
+        }
+
+    def _temperature(self, state: State) -> Tensor:
+        if "surface_temperature" not in state:
+            raise KeyError(
+                f"EBM1D needs state variable(s) ['surface_temperature'], but the state has "
+                f"{sorted(state)}. Add them to the state (SI units) before calling the model."
+            )
+        temperature = state["surface_temperature"]
+        if temperature.ndim == 0 or temperature.shape[-1] != self.n_bands:
+            raise ValueError(
+                f"`surface_temperature` must have the model's {self.n_bands} latitude bands "
+                f"last; got shape {tuple(temperature.shape)}. Put bands last with movedim."
+            )
+        return temperature
+
+    def heating(
+        self, surface_temperature: Tensor, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> Tensor:
+        """Net column heating ``ASR − OLR + D𝓛T`` in W m-2, ``(..., band)``."""
+        temperature = self._temperature({"surface_temperature": surface_temperature})
+        fluxes = self._fluxes(temperature, self.parameter_values(parameters), None)
+        return (
+            fluxes["absorbed_shortwave_radiation"]
+            - fluxes["outgoing_longwave_radiation"]
+            + fluxes["meridional_heat_convergence"]
+        )
+
+    def forward(
+        self, state: State, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> tuple[Tendencies, Diagnostics]:
         """Tendency ``dT/dt`` (K s-1) and diagnostics by band.
 
         Diagnostics: ``absorbed_shortwave_radiation``, ``outgoing_longwave_radiation``,
         ``meridional_heat_convergence``, ``net_heating``, ``insolation`` and
-        ``reflected_shortwave_radiation`` in W m-2; ``albedo`` and ``ice_fraction``.
+        ``reflected_shortwave_radiation`` in W m-2; ``albedo`` and ``ice_fraction``. The same
+        values as the processes' own diagnostics (summed as :class:`~climgrad.models.Model`
+        does), with each parameter resolved once. ``parameters``: see :meth:`parameter_values`.
         """
-        _, diagnostics = super().forward(state)
+        temperature = self._temperature(state)
+        values = self.parameter_values(parameters)
+        fluxes = self._fluxes(temperature, values, state.get("insolation"))
+        insolation = fluxes.pop("insolation")
         heating = (
-            diagnostics["absorbed_shortwave_radiation"]
-            - diagnostics["outgoing_longwave_radiation"]
-            + diagnostics["meridional_heat_convergence"]
+            fluxes["absorbed_shortwave_radiation"]
+            - fluxes["outgoing_longwave_radiation"]
+            + fluxes["meridional_heat_convergence"]
         )
-        diagnostics["net_heating"] = heating
-        shortwave = self.processes["shortwave"]
-        assert isinstance(shortwave, AbsorbedShortwave)
-        insolation = state["insolation"] if "insolation" in state else shortwave.insolation
-        diagnostics["insolation"] = insolation.expand_as(heating)
-        diagnostics["reflected_shortwave_radiation"] = insolation * diagnostics["albedo"]
-        return {"surface_temperature": heating / self.heat_capacity}, diagnostics
+        diagnostics: Diagnostics = {
+            **fluxes,
+            "net_heating": heating,
+            "insolation": insolation.expand_as(heating),
+            "reflected_shortwave_radiation": insolation * fluxes["albedo"],
+        }
+        return {"surface_temperature": heating / values["heat_capacity"]}, diagnostics
 
     def step(self, state: State, time_step: float) -> dict[str, Tensor]:
         """Semi-implicit step: explicit radiation, backward-Euler diffusion (stable for any Δt)."""
@@ -221,6 +416,59 @@ class EBM1D(Model):
         updated = diffusion.implicit_step(explicit, time_step, self.heat_capacity)
         return {**state, "surface_temperature": updated}
 
+    def residual(
+        self, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> EquilibriumResidual:
+        """The equilibrium residual as pure functions of per-solve coefficients.
+
+        Every parameter is resolved once (:meth:`parameter_values`) and folded into five
+        coefficient tensors; Newton's iterations then evaluate a few vector operations per
+        residual (:class:`EquilibriumResidual`).
+        """
+        values = self.parameter_values(parameters, names=_EQUILIBRIUM_PARAMETERS)
+        shortwave = self.processes["shortwave"]
+        assert isinstance(shortwave, AbsorbedShortwave)
+        albedo = shortwave.albedo
+        offset, ice_contrast = net_heating_coefficients(
+            values["S0"] * shortwave.insolation_pattern,
+            values["a0"],
+            values["a2"],
+            values["ai"],
+            values["A"],
+            self.legendre_p2_of_latitude,
+        )
+        diffusion_scale = values["D"] * self.inverse_metric
+        coefficients = [offset, ice_contrast, values["B"], diffusion_scale, values["Tf"]]
+        diffusion = self.processes["diffusion"]
+        assert isinstance(diffusion, MeridionalDiffusion)
+        width, weights, mode = albedo.transition_width, diffusion.interface_weights, albedo.mode
+        return EquilibriumResidual(
+            functools.partial(
+                net_heating_kernel, transition_width=width, interface_weights=weights, mode=mode
+            ),
+            NetHeatingJacobian(
+                *coefficients, transition_width=width, interface_weights=weights, mode=mode
+            ),
+            functools.partial(
+                net_heating_parameter_vjp,
+                transition_width=width,
+                interface_weights=weights,
+                mode=mode,
+            ),
+            coefficients,
+        )
+
+    def outgoing_longwave(
+        self, surface_temperature: Tensor, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> Tensor:
+        """OLR ``A + B (T − 273.15 K)`` in W m-2 (Budyko 1969), resolving only A and B.
+
+        The ``outgoing_longwave_radiation`` diagnostic of :meth:`forward`, for an observation
+        operator that needs nothing else (benchmark B3.4).
+        """
+        values = self.parameter_values(parameters, names=("A", "B"))
+        return values["A"] + values["B"] * (surface_temperature - float(freezing_point))
+
     def equilibrium(
         self,
         initial: State | None = None,
@@ -228,23 +476,52 @@ class EBM1D(Model):
         tol: float = 1e-9,
         max_iter: int = 50,
         info: EquilibriumInfo | None = None,
+        parameters: Mapping[str, Tensor | float] | None = None,
+        jacobian: Literal["tridiagonal", "dense"] = "tridiagonal",
+        line_search: bool | Literal["auto"] = "auto",
     ) -> dict[str, Tensor]:
         """Steady state by Newton's method, differentiable by implicit differentiation.
+
+        The parameters are resolved once per call (:meth:`residual`); Newton's method and the
+        adjoint solve use B3.2's analytic tridiagonal Jacobian (one Thomas sweep each,
+        :func:`~climgrad.integrate.equilibrium` with ``structure="tridiagonal"``).
 
         Args:
             initial: Starting state (default :meth:`initial_state`, the present-day branch; the
                 model has several equilibria and the start selects one).
-            tol: Tolerance on max |net heating| in W m-2.
+            tol: Tolerance on max |net heating| in W m-2 (per parameter set).
             max_iter: Newton iterations before :class:`~climgrad.integrate.EquilibriumError`.
-            info: Receives the iteration count and final residual.
+            info: Receives the iteration count and final residual (the largest over a batch).
+            parameters: J parameter sets in physical units (see :meth:`parameter_values`),
+                solved together as independent rows; each row converges on its own.
+            jacobian: ``"tridiagonal"`` (default) or ``"dense"`` (the general path of
+                :func:`~climgrad.integrate.equilibrium`: ``torch.func`` Jacobian and LU; the same
+                equilibrium, slower, kept as a reference).
+            line_search: As for :func:`~climgrad.integrate.equilibrium`: ``"auto"`` restarts a
+                failed plain Newton solve with backtracking (for a batch, every row restarts).
 
         Returns:
-            The state ``{"surface_temperature": T* (band,) K}``; gradients flow to every learnable
-            parameter through one adjoint solve.
+            The state ``{"surface_temperature": T* (band,) K}``, ``(J, band)`` for J parameter
+            sets; gradients flow to every learnable parameter (and to the tensors in
+            ``parameters``) through one adjoint solve.
         """
+        if jacobian not in ("tridiagonal", "dense"):
+            raise ValueError(f"Unknown jacobian {jacobian!r}; use 'tridiagonal' or 'dense'.")
         start = (initial or self.initial_state())["surface_temperature"]
-        residual, tensors = functional(self, "heating")
-        solution = equilibrium(residual, start, tensors, tol=tol, max_iter=max_iter, info=info)
+        problem = self.residual(parameters)
+        structured = jacobian == "tridiagonal"
+        solution = equilibrium(
+            problem.residual,
+            start,
+            problem.coefficients,
+            jacobian=problem.jacobian if structured else None,
+            structure="tridiagonal" if structured else "dense",
+            parameter_vjp=problem.parameter_vjp if structured else None,
+            tol=tol,
+            max_iter=max_iter,
+            line_search=line_search,
+            info=info,
+        )
         return {"surface_temperature": solution}
 
     def seasonal_cycle(

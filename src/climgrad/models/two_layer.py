@@ -428,20 +428,80 @@ class TwoLayerEBM(Model):
         index = torch.arange(self.steps, dtype=forcing.dtype, device=forcing.device)
         return self.start_year + (index + 0.5) * self.time_step_years
 
-    def forcing_scale_factors(self) -> Tensor:
-        """Multiplier of each agent column, ``(agent,)`` (1 for agents in no group)."""
+    def parameter_values(
+        self, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> dict[str, Tensor]:
+        """Every parameter in physical units, optionally replaced for J parameter sets.
+
+        Args:
+            parameters: Replacements in physical units (SI, as the constructor's arguments), each
+                a scalar or a tensor with a leading batch shape, e.g. ``(J,)`` for J parameter
+                sets (the shapes of all replacements broadcast). Checked against the bounds.
+
+        Returns:
+            ``name -> value`` for the five physical parameters, ``forcing_2x`` and every
+            ``<group>_forcing_scale``; replaced ones keep their batch shape, so that everything
+            built from them (:meth:`system_matrix`, :meth:`propagator`, :meth:`total_forcing`,
+            :meth:`simulate`) gains it as leading dimensions.
+
+        Raises:
+            KeyError: An unknown name.
+        """
+        names = [*_PHYSICAL, "forcing_2x", *(f"{group}_forcing_scale" for group in self._groups)]
+        overrides = parameters or {}
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise KeyError(f"Unknown parameter(s) {unknown} in parameters=; valid: {names}.")
+        values: dict[str, Tensor] = {}
+        for name in names:
+            own = self._p(name)
+            if name not in overrides:
+                values[name] = own
+                continue
+            value = torch.as_tensor(overrides[name], dtype=own.dtype, device=own.device)
+            spec = SPECS.get(name) or _scale_spec(name.removesuffix("_forcing_scale"))
+            spec.check(value.detach())
+            values[name] = value
+        return values
+
+    @property
+    def _groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = self._scale_groups
+        return groups
+
+    def forcing_scale_factors(
+        self, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> Tensor:
+        """Multiplier of each agent column, ``(agent,)`` (1 for agents in no group).
+
+        With batched ``parameters`` (:meth:`parameter_values`): ``(*batch, agent)``.
+        """
         forcing: Tensor = self._p("forcing_by_agent")
+        values = self.parameter_values(parameters) if parameters else None
         one = forcing.new_ones(())
         factors = []
         for agent in self.agents:
             group = self._agent_group.get(agent)
-            factors.append(one if group is None else getattr(self, f"{group}_forcing_scale"))
-        return torch.stack(factors)
+            if group is None:
+                factors.append(one)
+            elif values is None:
+                factors.append(getattr(self, f"{group}_forcing_scale"))
+            else:
+                factors.append(values[f"{group}_forcing_scale"])
+        return torch.stack(torch.broadcast_tensors(*factors), dim=-1)
 
-    def total_forcing(self) -> Tensor:
-        """Scaled forcing summed over agents, ``F(step) = Σ_a s_a F_a(step)`` in W m-2."""
+    def total_forcing(self, parameters: Mapping[str, Tensor | float] | None = None) -> Tensor:
+        """Scaled forcing summed over agents, ``F(step) = Σ_a s_a F_a(step)`` in W m-2.
+
+        ``(step,)``, or ``(step, *batch)`` with batched ``parameters``.
+        """
         forcing: Tensor = self._p("forcing_by_agent")
-        return forcing @ self.forcing_scale_factors()
+        factors = self.forcing_scale_factors(parameters)
+        if factors.ndim == 1:
+            return forcing @ factors
+        return (forcing @ factors.reshape(-1, factors.shape[-1]).T).reshape(
+            forcing.shape[0], *factors.shape[:-1]
+        )
 
     def initial_state(self) -> dict[str, Tensor]:
         """Zero anomalies (a pre-industrial steady state)."""
@@ -450,17 +510,30 @@ class TwoLayerEBM(Model):
 
     # Physics ---------------------------------------------------------------------------------
 
-    def system_matrix(self) -> tuple[Tensor, Tensor]:
-        """``A`` (s-1, ``(2, 2)``) and ``b`` (K m2 J-1, ``(2,)``) of ``dx/dt = A x + b F``."""
-        c, c_deep = self._p("heat_capacity"), self._p("deep_heat_capacity")
-        lam, gamma, eps = self._p("feedback"), self._p("heat_exchange"), self._p("efficacy")
-        row_upper = torch.stack([-(lam + eps * gamma) / c, eps * gamma / c])
-        row_deep = torch.stack([gamma / c_deep, -gamma / c_deep])
-        matrix = torch.stack([row_upper, row_deep])
-        forcing_vector = torch.stack([1.0 / c, torch.zeros_like(c)])
+    def system_matrix(
+        self, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``A`` (s-1, ``(2, 2)``) and ``b`` (K m2 J-1, ``(2,)``) of ``dx/dt = A x + b F``.
+
+        With batched ``parameters`` (:meth:`parameter_values`): ``(*batch, 2, 2)``, ``(*batch, 2)``.
+        """
+        v = self.parameter_values(parameters)
+        c, c_deep = v["heat_capacity"], v["deep_heat_capacity"]
+        lam, gamma, eps = v["feedback"], v["heat_exchange"], v["efficacy"]
+        entries = torch.broadcast_tensors(
+            -(lam + eps * gamma) / c, eps * gamma / c, gamma / c_deep, -gamma / c_deep, 1.0 / c
+        )
+        row_upper = torch.stack(entries[:2], dim=-1)
+        row_deep = torch.stack(entries[2:4], dim=-1)
+        matrix = torch.stack([row_upper, row_deep], dim=-2)
+        forcing_vector = torch.stack([entries[4], torch.zeros_like(entries[4])], dim=-1)
         return matrix, forcing_vector
 
-    def propagator(self, time_step: float | None = None) -> Tensor:
+    def propagator(
+        self,
+        time_step: float | None = None,
+        parameters: Mapping[str, Tensor | float] | None = None,
+    ) -> Tensor:
         """Exact one-step map of the augmented system ``(T, T_d, F, T̄, T̄_d)``, ``(5, 5)``.
 
         ``exp(K)`` with ``K = [[Δt A, Δt b, 0], [0, 0, 0], [I, 0, 0]]`` maps ``(x₀, F, 0)`` to
@@ -468,15 +541,18 @@ class TwoLayerEBM(Model):
 
         Args:
             time_step: Step in seconds (default ``time_step_years`` years).
+            parameters: Batched replacements (:meth:`parameter_values`); the result is then
+                ``(*batch, 5, 5)``, one matrix exponential per parameter set in one call.
         """
         dt = self.time_step_years * float(seconds_per_year) if time_step is None else time_step
-        matrix, forcing_vector = self.system_matrix()
+        matrix, forcing_vector = self.system_matrix(parameters)
+        batch = matrix.shape[:-2]
         top = torch.cat(
-            [dt * matrix, dt * forcing_vector.unsqueeze(-1), matrix.new_zeros(2, 2)], dim=-1
+            [dt * matrix, dt * forcing_vector.unsqueeze(-1), matrix.new_zeros(*batch, 2, 2)], dim=-1
         )
         identity = torch.eye(2, dtype=matrix.dtype, device=matrix.device)
-        bottom = torch.cat([identity, matrix.new_zeros(2, 3)], dim=-1)
-        augmented = torch.cat([top, matrix.new_zeros(1, 5), bottom], dim=0)
+        bottom = torch.cat([identity, matrix.new_zeros(2, 3)], dim=-1).expand(*batch, 2, 5)
+        augmented = torch.cat([top, matrix.new_zeros(*batch, 1, 5), bottom], dim=-2)
         return torch.linalg.matrix_exp(augmented)
 
     def heat_uptake(
@@ -484,17 +560,21 @@ class TwoLayerEBM(Model):
         surface_temperature_anomaly: Tensor,
         deep_ocean_temperature_anomaly: Tensor,
         forcing: Tensor,
+        parameters: Mapping[str, Tensor | float] | None = None,
     ) -> Tensor:
         """Top-of-atmosphere imbalance ``N = F − λT − (ε−1)γ(T − T_d)`` in W m-2."""
+        v = self.parameter_values(parameters) if parameters else None
+        lam = self._p("feedback") if v is None else v["feedback"]
+        eps = self._p("efficacy") if v is None else v["efficacy"]
+        gamma = self._p("heat_exchange") if v is None else v["heat_exchange"]
         difference = surface_temperature_anomaly - deep_ocean_temperature_anomaly
-        return (
-            forcing
-            - self._p("feedback") * surface_temperature_anomaly
-            - (self._p("efficacy") - 1.0) * self._p("heat_exchange") * difference
-        )
+        return forcing - lam * surface_temperature_anomaly - (eps - 1.0) * gamma * difference
 
     def heat_content(
-        self, surface_temperature_anomaly: Tensor, deep_ocean_temperature_anomaly: Tensor
+        self,
+        surface_temperature_anomaly: Tensor,
+        deep_ocean_temperature_anomaly: Tensor,
+        parameters: Mapping[str, Tensor | float] | None = None,
     ) -> dict[str, Tensor]:
         """Heat content anomalies: ``C T + C_d T_d`` per area (J m-2) and over the Earth (J, ZJ).
 
@@ -502,8 +582,11 @@ class TwoLayerEBM(Model):
         ``ocean_heat_content_zj`` compares with the energy inventory (relative to a reference
         year: subtract the model's value in that year too).
         """
-        upper = self._p("heat_capacity") * surface_temperature_anomaly
-        deep = self._p("deep_heat_capacity") * deep_ocean_temperature_anomaly
+        v = self.parameter_values(parameters) if parameters else None
+        c = self._p("heat_capacity") if v is None else v["heat_capacity"]
+        c_deep = self._p("deep_heat_capacity") if v is None else v["deep_heat_capacity"]
+        upper = c * surface_temperature_anomaly
+        deep = c_deep * deep_ocean_temperature_anomaly
         area = float(earth_surface_area)
         total = upper + deep
         return {
@@ -558,6 +641,7 @@ class TwoLayerEBM(Model):
         *,
         steps: int | None = None,
         checkpoint_every: int | None = None,
+        parameters: Mapping[str, Tensor | float] | None = None,
     ) -> dict[str, Tensor]:
         """Run through the forcing series and return step-mean time series.
 
@@ -566,9 +650,16 @@ class TwoLayerEBM(Model):
             steps: Number of steps (default all forcing rows).
             checkpoint_every: Gradient-checkpointing segment length for long runs (see
                 :func:`climgrad.integrate.rollout`).
+            parameters: J parameter sets in one rollout: replacements in physical units with a
+                leading batch shape, e.g. ``{"feedback": (J,) tensor, ...}``
+                (:meth:`parameter_values`). The J propagators come from one batched matrix
+                exponential and every step advances all J states at once; the state batch shape
+                ``(...)`` becomes the broadcast of the initial anomalies' shape and ``(J,)``.
+                Gradients flow to the tensors passed.
 
         Returns:
-            ``time`` (step,) years at mid-step; ``radiative_forcing`` (step,) W m-2; step means
+            ``time`` (step,) years at mid-step; ``radiative_forcing`` (step,) W m-2 (``(step,
+            J)`` when forcing scales are batched); step means
             ``surface_temperature_anomaly`` and ``deep_ocean_temperature_anomaly`` (step, ...) K,
             ``heat_uptake`` (W m-2, the TOA imbalance N), ``heat_content_per_area`` (J m-2),
             ``upper_ocean_heat_content``, ``deep_ocean_heat_content``, ``ocean_heat_content``
@@ -585,15 +676,16 @@ class TwoLayerEBM(Model):
         missing = [k for k in _STATE if k not in start]
         if missing:
             raise KeyError(f"`initial` lacks {missing}; it needs {list(_STATE)} (K).")
-        propagator = self.propagator()
-        transition = propagator[:2, :2].T
-        forcing_response = propagator[:2, 2]
-        mean_transition = propagator[3:, :2].T
-        mean_forcing_response = propagator[3:, 2]
-        forcing = self.total_forcing()
+        propagator = self.propagator(parameters=parameters)
+        transition = propagator[..., :2, :2].transpose(-1, -2)
+        forcing_response = propagator[..., :2, 2]
+        mean_transition = propagator[..., 3:, :2].transpose(-1, -2)
+        mean_forcing_response = propagator[..., 3:, 2]
+        forcing = self.total_forcing(parameters)
         x0 = torch.stack(torch.broadcast_tensors(start[_STATE[0]], start[_STATE[1]]), dim=-1)
         x0 = x0.to(forcing.dtype)
         index0 = torch.zeros((), dtype=torch.long, device=forcing.device)
+        batched = propagator.ndim > 2 or forcing.ndim > 1
 
         def one_step(current: dict[str, Tensor]) -> dict[str, Tensor]:
             x, index = current["x"], current["index"]
@@ -604,8 +696,21 @@ class TwoLayerEBM(Model):
                 "index": index + 1,
             }
 
+        def one_batched_step(current: dict[str, Tensor]) -> dict[str, Tensor]:
+            # x (..., J, 2) against J transition matrices (J, 2, 2): a batched product.
+            x, index = current["x"].unsqueeze(-2), current["index"]
+            f = forcing.index_select(0, index.reshape(1)).squeeze(0).unsqueeze(-1)
+            return {
+                "x": (x @ transition).squeeze(-2) + f * forcing_response,
+                "mean": (x @ mean_transition).squeeze(-2) + f * mean_forcing_response,
+                "index": index + 1,
+            }
+
+        if batched:
+            batch = torch.broadcast_shapes(x0.shape[:-1], transition.shape[:-2], forcing.shape[1:])
+            x0 = x0.expand(*batch, 2)
         final, series = rollout(
-            one_step,
+            one_batched_step if batched else one_step,
             {"x": x0, "mean": torch.zeros_like(x0), "index": index0},
             steps,
             checkpoint_every=checkpoint_every,
@@ -621,14 +726,16 @@ class TwoLayerEBM(Model):
         )
         assert series is not None
         temperature, deep = series[..., 0], series[..., 1]
-        used = forcing[:steps].reshape(steps, *([1] * (temperature.ndim - 1)))
+        used = forcing[:steps].reshape(
+            steps, *([1] * (temperature.ndim - forcing.ndim)), *forcing.shape[1:]
+        )
         return {
             "time": self.years[:steps],
             "radiative_forcing": forcing[:steps],
             _STATE[0]: temperature,
             _STATE[1]: deep,
-            "heat_uptake": self.heat_uptake(temperature, deep, used),
-            **self.heat_content(temperature, deep),
+            "heat_uptake": self.heat_uptake(temperature, deep, used, parameters),
+            **self.heat_content(temperature, deep, parameters),
             f"final_{_STATE[0]}": final["x"][..., 0],
             f"final_{_STATE[1]}": final["x"][..., 1],
         }

@@ -49,6 +49,14 @@ diffusion operator and the absorbed shortwave are pointwise or linear maps whose
 backward is already exact and keeps no more than a few band-sized tensors, so a hand-written
 backward would not earn its place; their gradient choices live in :mod:`climgrad.autograd.smooth`.
 
+The model's equilibrium: :func:`net_heating_kernel` is the sum of the three processes as one
+residual of five per-solve coefficients (:func:`net_heating_coefficients`), with B3.2's analytic
+tridiagonal Jacobian (:class:`NetHeatingJacobian`) and the closed-form products of its parameter
+derivatives (:func:`net_heating_parameter_vjp`), for Newton's method and the implicit gradient of
+:func:`climgrad.integrate.equilibrium` (``structure="tridiagonal"``). Written per process, each
+residual looked every parameter up through its module and bijection and the Jacobian came from
+``torch.func``; that overhead, not arithmetic, was the cost (``docs/benchmarks_b3_b4.md``).
+
 Units: temperatures in K (state), A in W m-2, B and D in W m-2 K-1, heat capacities in J m-2 K-1,
 fluxes in W m-2, tendencies in K s-1.
 
@@ -74,7 +82,9 @@ import torch
 from torch import Tensor, nn
 
 from climgrad.autograd.smooth import GradientMode, check_mode, step
+from climgrad.autograd.tracing import without_jvp
 from climgrad.constants import freezing_point
+from climgrad.integrate import Bands
 from climgrad.physics.insolation import annual_mean_insolation_p2, legendre_p2
 from climgrad.physics.process import Process
 from climgrad.tridiagonal import solve_tridiagonal, thomas_solve_kernel, tridiagonal_matvec
@@ -92,11 +102,16 @@ __all__ = [
     "IceAlbedo",
     "LatitudeGrid",
     "MeridionalDiffusion",
+    "NetHeatingJacobian",
     "OutgoingLongwave",
     "absorbed_shortwave",
     "ice_albedo",
+    "ice_fraction_kernel",
     "implicit_meridional_diffusion_step",
     "meridional_diffusion",
+    "net_heating_coefficients",
+    "net_heating_kernel",
+    "net_heating_parameter_vjp",
     "outgoing_longwave",
 ]
 
@@ -688,6 +703,10 @@ class _ImplicitDiffusionFunction(torch.autograd.Function):
         return solve_tridiagonal(a, b, c, rhs)
 
 
+# torch.compile refuses Functions with a custom jvp; while compiling, a twin without it runs.
+_ImplicitDiffusionForTracing = without_jvp(_ImplicitDiffusionFunction)
+
+
 def meridional_diffusion(
     surface_temperature: Tensor, diffusivity: Tensor | float, grid: LatitudeGrid
 ) -> Tensor:
@@ -770,7 +789,12 @@ def _implicit_step(
         diffusivity_tensor = diffusivity_tensor.unsqueeze(-1)
     heat_capacity_tensor = torch.as_tensor(heat_capacity, dtype=like.dtype, device=like.device)
     lower, diag, upper = grid.to(device=like.device, dtype=like.dtype).diffusion_bands()
-    result: Tensor = _ImplicitDiffusionFunction.apply(
+    function = (
+        _ImplicitDiffusionForTracing
+        if torch.compiler.is_compiling()
+        else _ImplicitDiffusionFunction
+    )
+    result: Tensor = function.apply(
         surface_temperature,
         diffusivity_tensor,
         heat_capacity_tensor,
@@ -861,3 +885,220 @@ class MeridionalDiffusion(_EnergyBalanceProcess):
             )
         _check_bands(surface_temperature, self.grid, "surface_temperature")
         return _implicit_step(surface_temperature, self.diffusivity, capacity, time_step, self.grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole model's net heating as one residual, and its tridiagonal Jacobian (B3.2).
+#
+# Newton's method on the equilibrium evaluates the residual a few times per iteration. Written
+# per process, each evaluation looks up every parameter through its module and its bijection;
+# here the parameters are folded once per solve into a few per-band coefficients, and the
+# residual is a handful of vector operations. Its Jacobian is tridiagonal and analytic, so a
+# Newton step and the adjoint solve are one Thomas sweep each (climgrad.integrate).
+
+
+def ice_fraction_kernel(distance: Tensor, width: Tensor | float, mode: GradientMode) -> Tensor:
+    """Ice fraction ``h = step(T_f − T)`` of :func:`ice_albedo`, without the value checks.
+
+    ``distance`` is ``T_f − T`` in K and ``width`` w in K. ``"smooth"`` is B3's
+    ``½ (1 + tanh((T_f − T)/w))`` (the formula of :func:`climgrad.autograd.smooth.step`);
+    without gradient recording ``"exact"`` and ``"straight_through"`` are the sharp step, and with
+    it they go through :func:`~climgrad.autograd.smooth.step` (their gradients are defined there).
+    """
+    if mode == "smooth":
+        return 0.5 * (1.0 + torch.tanh(distance / width))
+    if not torch.is_grad_enabled():
+        return (distance > 0).to(distance.dtype)
+    return step(distance, width, mode)
+
+
+def net_heating_coefficients(
+    insolation: Tensor,
+    ice_free_albedo: Tensor | float,
+    ice_free_albedo_p2: Tensor | float,
+    ice_covered_albedo: Tensor | float,
+    olr_intercept: Tensor | float,
+    legendre_p2_of_latitude: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The temperature-independent parts of the net heating, per band (W m-2).
+
+    With ``a = a_w + (a_i − a_w) h`` and ``a_w = a₀ + a₂ P₂(x)`` (North et al. 1981), the
+    absorbed shortwave minus the OLR intercept is ``Q (1 − a) − A = offset + ice_contrast · h``
+    with ``offset = Q (1 − a_w) − A`` and ``ice_contrast = Q (a_w − a_i)``.
+
+    Args:
+        insolation: Q s(x) in W m-2, ``(..., band)``.
+        ice_free_albedo, ice_free_albedo_p2, ice_covered_albedo: a₀, a₂, a_i (dimensionless),
+            scalars or broadcastable (``(..., 1)`` for a batch of parameter sets).
+        olr_intercept: A in W m-2 (scalar, ``(..., 1)`` or per band ``(..., band)``).
+        legendre_p2_of_latitude: P₂(x) at the band centres, ``(band,)``.
+
+    Returns:
+        ``(offset, ice_contrast)`` in W m-2, each of the broadcast shape ``(..., band)``.
+    """
+    warm = ice_free_albedo + ice_free_albedo_p2 * legendre_p2_of_latitude
+    offset = insolation * (1.0 - warm) - olr_intercept
+    ice_contrast = insolation * (warm - ice_covered_albedo)
+    return offset, ice_contrast
+
+
+def net_heating_kernel(
+    surface_temperature: Tensor,
+    offset: Tensor,
+    ice_contrast: Tensor,
+    olr_slope: Tensor,
+    diffusion_scale: Tensor,
+    freezing_temperature: Tensor,
+    *,
+    transition_width: Tensor | float,
+    interface_weights: Tensor,
+    mode: GradientMode,
+) -> Tensor:
+    """Net heating of B3.2's residual in W m-2, from per-solve coefficients.
+
+    ``F_j = offset_j + ice_contrast_j h(T_f − T_j) − B (T_j − 273.15 K) + s_j (Δ(c ΔT))_j``
+    with ``s_j = D / (cos φ_j Δφ²)`` (``diffusion_scale``), c the interface weights
+    (:class:`LatitudeGrid`, zero at the poles) and Δ the differences between neighbours, i.e.
+    ``ASR − OLR + D 𝓛T`` of :class:`AbsorbedShortwave`, :class:`OutgoingLongwave` and
+    :class:`MeridionalDiffusion` (Budyko 1969; Sellers 1969; North 1975) with ``offset`` and
+    ``ice_contrast`` from :func:`net_heating_coefficients`. The diffusion stays in flux form
+    (differences first), which keeps the rounding of ``𝓛T`` small where T is large and smooth. No
+    checks: it runs inside Newton's loop.
+
+    Args:
+        surface_temperature: T in K, ``(..., band)``.
+        offset, ice_contrast: W m-2, ``(..., band)`` (:func:`net_heating_coefficients`).
+        olr_slope: B in W m-2 K-1 (0-d, ``(..., 1)`` or ``(..., band)``).
+        diffusion_scale: D / (cos φ Δφ²) in W m-2 K-1 rad-2, ``(..., band)``.
+        freezing_temperature: T_f in K (0-d or ``(..., 1)``).
+        transition_width: w in K.
+        interface_weights: c_j, ``(band + 1,)``.
+        mode: Gradient mode of the ice edge (``"exact"``, ``"smooth"``, ``"straight_through"``).
+
+    Returns:
+        F in W m-2, ``(..., band)`` (the broadcast shape).
+    """
+    ice = ice_fraction_kernel(freezing_temperature - surface_temperature, transition_width, mode)
+    celsius = surface_temperature - float(freezing_point)
+    flux = torch.nn.functional.pad(
+        interface_weights[1:-1] * torch.diff(surface_temperature, dim=-1), (1, 1)
+    )
+    heating = torch.addcmul(offset, ice_contrast, ice)
+    heating = torch.addcmul(heating, olr_slope, celsius, value=-1.0)
+    return torch.addcmul(heating, diffusion_scale, torch.diff(flux))
+
+
+def net_heating_parameter_vjp(
+    surface_temperature: Tensor,
+    cotangent: Tensor,
+    offset: Tensor,
+    ice_contrast: Tensor,
+    olr_slope: Tensor,
+    diffusion_scale: Tensor,
+    freezing_temperature: Tensor,
+    *,
+    transition_width: Tensor | float,
+    interface_weights: Tensor,
+    mode: GradientMode,
+    needs: tuple[bool, ...] = (True,) * 5,
+) -> list[Tensor | None]:
+    """``vᵀ ∂F/∂c`` for each coefficient c of :func:`net_heating_kernel` (same arguments).
+
+    ``F`` is linear in every coefficient but T_f, so the products are closed-form:
+    ``∂F/∂offset = 1``, ``∂F/∂ice_contrast = h``, ``∂F/∂B = −(T − 273.15 K)``,
+    ``∂F/∂s = Δ(c ΔT)`` and ``∂F/∂T_f = ice_contrast ∂h/∂T_f`` with
+    ``∂h/∂T_f = (1 − tanh²((T_f − T)/w)) / (2w)`` (``"smooth"``; the surrogate of
+    ``"straight_through"``) or 0 (``"exact"``) — what autograd gives through the kernel, without
+    recording it (one reverse pass of the implicit gradient).
+
+    Args:
+        surface_temperature: T in K, ``(..., band)``.
+        cotangent: v, ``(..., band)`` (W-1 m2 times the loss units).
+        needs: Which of the five products to form (``None`` for the others).
+
+    Returns:
+        One tensor per coefficient, summed to the coefficient's shape, or ``None``.
+    """
+    v = cotangent
+    grads: list[Tensor | None] = [None] * 5
+    if needs[0]:
+        grads[0] = v.sum_to_size(offset.shape)
+    if needs[1] or needs[4]:
+        distance = freezing_temperature - surface_temperature
+        if needs[1]:
+            ice = ice_fraction_kernel(distance, transition_width, mode)
+            grads[1] = (v * ice).sum_to_size(ice_contrast.shape)
+        if needs[4]:
+            if mode == "exact":
+                grads[4] = torch.zeros_like(freezing_temperature)
+            else:
+                slope = torch.tanh(distance / transition_width)
+                derivative = (1.0 - slope * slope) / (2.0 * transition_width)
+                grads[4] = (v * ice_contrast * derivative).sum_to_size(freezing_temperature.shape)
+    if needs[2]:
+        celsius = surface_temperature - float(freezing_point)
+        grads[2] = -(v * celsius).sum_to_size(olr_slope.shape)
+    if needs[3]:
+        flux = torch.nn.functional.pad(
+            interface_weights[1:-1] * torch.diff(surface_temperature, dim=-1), (1, 1)
+        )
+        grads[3] = (v * torch.diff(flux)).sum_to_size(diffusion_scale.shape)
+    return grads
+
+
+class NetHeatingJacobian:
+    """``∂F/∂T`` of :func:`net_heating_kernel` as three bands, for fixed coefficients (B3.2).
+
+    ``∂F/∂T = D 𝓛 − diag(Q s ∂a/∂T + B)``: sub-diagonal ``s_j c_j``, super-diagonal
+    ``s_j c_{j+1}``, diagonal ``−s_j (c_j + c_{j+1}) − B + ice_contrast_j ∂h/∂T`` with
+    ``∂h/∂T = −(1 − tanh²((T_f − T)/w)) / (2w)`` (``"smooth"``, and the surrogate of
+    ``"straight_through"``) or 0 (``"exact"``), as autograd gives it for each mode. The layout is
+    that of :func:`climgrad.tridiagonal.solve_tridiagonal` (``lower[..., 0] = 0`` and
+    ``upper[..., -1] = 0``, both ignored).
+
+    Built once per solve from the coefficients of :func:`net_heating_kernel` (values only, no
+    graph): the off-diagonals and the temperature-independent part of the diagonal are kept, so
+    a call costs a tanh and two products. Calling it with coefficients other than those it was
+    built from is an error it does not detect: build a new one.
+
+    Args:
+        offset, ice_contrast, olr_slope, diffusion_scale, freezing_temperature: As for
+            :func:`net_heating_kernel` (``offset`` does not enter).
+        transition_width, interface_weights, mode: As for :func:`net_heating_kernel`.
+    """
+
+    def __init__(
+        self,
+        offset: Tensor,
+        ice_contrast: Tensor,
+        olr_slope: Tensor,
+        diffusion_scale: Tensor,
+        freezing_temperature: Tensor,
+        *,
+        transition_width: Tensor | float,
+        interface_weights: Tensor,
+        mode: GradientMode,
+    ) -> None:
+        with torch.no_grad():
+            self.lower = diffusion_scale * interface_weights[:-1]
+            self.upper = diffusion_scale * interface_weights[1:]
+            diagonal = -(self.lower + self.upper) - olr_slope
+            self.smooth = mode != "exact"
+            # diag = diagonal + k (tanh² − 1) = (diagonal − k) + k tanh², k = ice_contrast / (2w)
+            self.slope_scale = ice_contrast / (2.0 * transition_width)
+            self.diagonal = diagonal - self.slope_scale if self.smooth else diagonal
+            self.freezing_temperature = freezing_temperature.detach()
+            self.transition_width = transition_width
+
+    def __call__(self, surface_temperature: Tensor, *coefficients: Tensor) -> Bands:
+        """``(lower, diag, upper)`` in W m-2 K-1 at T (K, ``(..., band)``), each ``(..., band)``.
+
+        ``coefficients`` (the residual's further arguments) are accepted and not read.
+        """
+        if not self.smooth:
+            return self.lower, self.diagonal, self.upper
+        slope = torch.tanh(
+            (self.freezing_temperature - surface_temperature) / self.transition_width
+        )
+        diagonal = torch.addcmul(self.diagonal, self.slope_scale, slope * slope)
+        return self.lower, diagonal, self.upper
