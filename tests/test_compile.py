@@ -228,13 +228,7 @@ def _outputs(result: Any) -> list[Tensor]:
 
 #: Cases that cannot capture in one graph, with the reason (strict: an unexpected pass fails, so
 #: the mark goes when the cause is fixed).
-KNOWN_BREAKS: dict[str, str] = {
-    "implicit_meridional_diffusion_step": (
-        "physics/ebm.py's _ImplicitDiffusionFunction defines a custom jvp, which Dynamo refuses "
-        "('Unsupported custom jvp'); the fix is a climgrad.autograd.tracing.without_jvp twin used "
-        "while torch.compiler.is_compiling(), as surface.py and convection.py do"
-    ),
-}
+KNOWN_BREAKS: dict[str, str] = {}
 
 
 def _params() -> list[Any]:
