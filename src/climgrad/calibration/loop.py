@@ -72,7 +72,7 @@ def run_calibration(
         with services:  # checkpoint and TensorBoard directories, progress bar
             while services.running():
                 try:
-                    result = method.step(observe=services.observe)
+                    result = method.step(observe=services.observe, details=services.logs_step())
                 except StepSkipped as skipped:
                     services.skip(str(skipped))
                     continue

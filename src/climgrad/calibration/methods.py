@@ -42,15 +42,17 @@ class StepResult:
         terms: The loss terms there.
         gradient_norms: Norm of the gradient, ``"total"`` over the unconstrained parameters and
             one per parameter in physical units.
-        parameters: Physical parameter values there (detached).
-        state: The model's state dict there (detached copies), a candidate for ``best.pt``.
+        parameters: Physical parameter values there (detached), or ``None`` when they are the
+            model's current ones (the observer reads them from the model).
+        state: The model's state dict there (detached copies), a candidate for ``best.pt``, or
+            ``None`` when it is the model's current state.
         learning_rate: The learning rate of the step.
     """
 
     terms: LossTerms
     gradient_norms: dict[str, float]
-    parameters: dict[str, Tensor]
-    state: dict[str, Tensor]
+    parameters: dict[str, Tensor] | None
+    state: dict[str, Tensor] | None
     learning_rate: float
     loss: float = field(init=False)
 
@@ -88,12 +90,16 @@ class GradientMethod:
     def is_lbfgs(self) -> bool:
         return isinstance(self.optimizer, torch.optim.LBFGS)
 
-    def step(self, observe: Callable[[StepResult], None] | None = None) -> StepResult:
+    def step(
+        self, observe: Callable[[StepResult], None] | None = None, *, details: bool = True
+    ) -> StepResult:
         """Evaluate the loss and gradient, then update the parameters.
 
         Args:
             observe: Called with the result at the evaluation point, before the update (logging
                 and best-state tracking see the parameters the loss belongs to).
+            details: Also give the gradient norm of every parameter in physical units (for
+                logging; ``"total"`` is always there).
 
         Raises:
             StepSkipped: Non-finite loss or gradient, or an equilibrium that did not converge;
@@ -126,8 +132,9 @@ class GradientMethod:
                     if raw.grad is not None
                 ]
                 gradients = {"total": float(torch.linalg.vector_norm(torch.stack(norms)))}
-                for name, grad in physical_gradients(model).items():
-                    gradients[name] = float(torch.linalg.vector_norm(grad))
+                if details:
+                    for name, grad in physical_gradients(model).items():
+                        gradients[name] = float(torch.linalg.vector_norm(grad))
                 first.append((terms, gradients))
             if self.config.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(
@@ -135,26 +142,31 @@ class GradientMethod:
                 )
             return terms.total.detach()
 
-        snapshot = (state_copy(model), copy.deepcopy(self.optimizer.state_dict()))
+        lbfgs = isinstance(self.optimizer, torch.optim.LBFGS)
+        # L-BFGS moves the parameters and its state inside the step; Adam's evaluation changes
+        # neither (its update comes after), so only L-BFGS needs a snapshot to restore.
+        snapshot = (
+            (state_copy(model), copy.deepcopy(self.optimizer.state_dict())) if lbfgs else None
+        )
         try:
             if isinstance(self.optimizer, torch.optim.LBFGS):
                 self.optimizer.step(closure)
             else:
                 closure()
         except (StepSkipped, EquilibriumError) as problem:
-            model.load_state_dict(snapshot[0])
-            self.optimizer.load_state_dict(snapshot[1])
+            if snapshot is not None:
+                model.load_state_dict(snapshot[0])
+                self.optimizer.load_state_dict(snapshot[1])
             raise StepSkipped(self._explain(problem)) from None
         terms, gradients = first[0]
-        if isinstance(self.optimizer, torch.optim.LBFGS):
+        evaluated: dict[str, Tensor] | None = None
+        parameters: dict[str, Tensor] | None = None
+        if snapshot is not None:
             # The step has moved the parameters already; report those the loss belongs to.
             evaluated, model_now = snapshot[0], state_copy(model)
             model.load_state_dict(evaluated)
             parameters = {k: v.detach().clone() for k, v in physical_parameters(model).items()}
             model.load_state_dict(model_now)
-        else:
-            evaluated = state_copy(model)
-            parameters = {k: v.detach().clone() for k, v in physical_parameters(model).items()}
         result = StepResult(
             terms, gradients, parameters, evaluated, float(self.optimizer.param_groups[0]["lr"])
         )

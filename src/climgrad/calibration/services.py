@@ -223,6 +223,10 @@ class RunServices:
             return False
         return True
 
+    def logs_step(self) -> bool:
+        """Whether the coming step is logged to TensorBoard (its details are computed then)."""
+        return self.board is not None and self.progress.step % max(self.config.logger.every, 1) == 0
+
     def observe(self, result: StepResult) -> None:
         """Log a step at its evaluation point and keep the best state."""
         step, logger, progress = self.progress.step, self.config.logger, self.progress
@@ -231,7 +235,10 @@ class RunServices:
             values.update({f"grad_norm/{k}": v for k, v in result.gradient_norms.items()})
             values["optimizer/lr"] = result.learning_rate
             self.board.scalars(values, step)
-            self.board.parameters(result.parameters, step)
+            parameters = result.parameters
+            if parameters is None:
+                parameters = physical_parameters(self.problem.model)
+            self.board.parameters(parameters, step)
         if self.board is not None and logger.figure_every > 0 and step % logger.figure_every == 0:
             with torch.no_grad():
                 predictions = self.problem.predictions(self.problem.simulate())
@@ -242,7 +249,9 @@ class RunServices:
             ):
                 progress.last_improvement = step
             progress.best_loss, progress.best_step = result.loss, step
-            self.best_state = result.state
+            self.best_state = (
+                result.state if result.state is not None else state_copy(self.problem.model)
+            )
 
     def advance(self, result: StepResult) -> None:
         """Count a taken step: progress, checkpoints, stopping rules."""
