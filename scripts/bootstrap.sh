@@ -35,7 +35,8 @@ if "$venv/bin/python" -c 'import sys, platform; sys.exit(not (sys.version_info[:
 fi
 extras="${CLIMGRAD_EXTRAS:-$default_extras}"
 stamp="$venv/.climgrad-installed"
-want="$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras $root"
+# The C extension is rebuilt when its source changes, so the stamp covers it too.
+want="$(cat "$root/pyproject.toml" "$root/src/climgrad/_tridiagonal.c" | sha256sum | cut -d' ' -f1) $extras $root"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing climgrad[$extras] (editable)" >&2
     "${pip[@]}" install -e "$root[$extras]"

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import doctest
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +28,12 @@ from climgrad.tridiagonal import (
 )
 
 DOUBLE = torch.float64
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "climgrad" / "_tridiagonal.c"
+NO_EXTENSION = (
+    "the C extension climgrad._tridiagonal is not installed (no C compiler when climgrad was "
+    "installed, or an install older than the extension: rerun `pip install -e .`); the eager "
+    "torch sweeps serve"
+)
 
 
 def _dominant_system(
@@ -144,7 +156,7 @@ def test_check_gradients_report_passes() -> None:
 def test_native_sweeps_match_eager_sweeps(dtype: torch.dtype) -> None:
     """The compiled C sweeps (used on the non-differentiable out= paths) equal the torch ones."""
     if not tridiagonal_module.native_available():
-        pytest.skip("the native sweeps could not be built here (no C compiler)")
+        pytest.skip(NO_EXTENSION)
     lower, diag, upper, rhs = (
         t.movedim(-1, 0).contiguous() for t in _dominant_system((37,), 9, seed=12, dtype=dtype)
     )
@@ -169,6 +181,69 @@ def test_native_sweeps_match_eager_sweeps(dtype: torch.dtype) -> None:
         torch.testing.assert_close(native_value, eager_value, **tolerance)
     reference = factor_levels_first(lower, diag, upper)
     torch.testing.assert_close(results[True][0], reference[0], **tolerance)
+
+
+def test_extension_module_is_importable_when_built() -> None:
+    """The install builds climgrad._tridiagonal (optional: skipped where it did not)."""
+    if importlib.util.find_spec("climgrad._tridiagonal") is None:
+        pytest.skip(NO_EXTENSION)
+    extension = importlib.import_module("climgrad._tridiagonal")
+
+    for name in ("factor", "solve", "solve_transposed", "accumulate"):
+        for suffix in ("f64", "f32"):
+            assert callable(getattr(extension, f"{name}_{suffix}"))
+    assert tridiagonal_module.native_library_path() == Path(extension.__file__)
+    if os.environ.get("CLIMGRAD_NATIVE", "1") != "0":
+        assert tridiagonal_module.native_available()
+    with pytest.raises(TypeError, match="takes 7 arguments"):
+        extension.factor_f64(1, 1)
+    # An editable install builds the module into the source tree: it must not predate its source.
+    path = Path(extension.__file__)
+    if path.parent == SOURCE.parent:
+        assert path.stat().st_mtime >= SOURCE.stat().st_mtime, (
+            f"{path.name} is older than {SOURCE.name}: rebuild it with `pip install -e .`"
+        )
+
+
+def test_disabled_native_sweeps_run_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``set_native_enabled(False)`` never calls the compiled sweeps; results stay the same."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the compiled sweeps were called while disabled")
+
+    lower, diag, upper, rhs = _dominant_system((5,), 7, seed=13)
+    expected = solve_tridiagonal(lower, diag, upper, rhs)
+    monkeypatch.setattr(
+        tridiagonal_module,
+        "_NATIVE_FUNCTIONS",
+        dict.fromkeys(tridiagonal_module._NATIVE_FUNCTIONS, refuse),
+    )
+    tridiagonal_module.set_native_enabled(False)
+    try:
+        assert not tridiagonal_module.native_available()
+        torch.testing.assert_close(solve_tridiagonal(lower, diag, upper, rhs), expected)
+    finally:
+        tridiagonal_module.set_native_enabled(True)
+
+
+def test_environment_variable_forces_eager() -> None:
+    """``CLIMGRAD_NATIVE=0`` at import disables the compiled sweeps for the whole process."""
+    script = (
+        "import torch\n"
+        "import climgrad.tridiagonal as t\n"
+        "assert not t.native_available()\n"
+        "a = torch.ones(4, 3, dtype=torch.float64)\n"
+        "out = (torch.empty_like(a), torch.empty_like(a))\n"
+        "assert not t._native_call('factor', (a, 4 * a, a), out)\n"
+        "t.factor_levels_first(a, 4 * a, a, out=out)\n"
+        "print(float(out[1][0, 0]))\n"
+    )
+    environment = {**os.environ, "CLIMGRAD_NATIVE": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout) == 0.25
 
 
 def test_single_unknown() -> None:

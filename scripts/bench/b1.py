@@ -13,6 +13,12 @@ Implementations (all the same equations, climgrad.physics.diffusion):
     The matrix is fixed within one forward evaluation, so it is factored once and the factors are
     reused for all S steps (and, in ``custom``, for the adjoint).
 
+Each implementation reports the forward+backward / forward cost ratio paired per interleaved round,
+from wall-clock times (``grad_forward_ratio``; its ``cpu_median`` is the same from CPU times) and
+from process CPU times (``grad_forward_ratio_cpu``: median, min, max); ``comparisons`` lists both
+medians for every implementation (``grad_forward_ratio_wall_cpu``, also in the readable output).
+On a shared machine the CPU-time ratio leaves out the time a call waited for a core.
+
 The correctness gate (B1.7) always runs at the defined size (N=4096, L=64, S=50), where the
 reference values live; ``--size small`` shrinks only the timed problem.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -260,6 +266,19 @@ def reference_check(
     return {"passed": all(entry["passed"] for entry in entries.values()), "entries": entries}
 
 
+def _paired_cpu_ratio(numerator: common.Timing, denominator: common.Timing) -> dict[str, float]:
+    """Median, min and max over rounds of the per-round ratio of process CPU times.
+
+    On a shared machine the wall-clock ratio also counts the time each call waited for a core,
+    which differs between the two calls of a round; CPU time counts only the work (one thread).
+    """
+    ratios = [
+        n / d if d > 0 else math.nan
+        for n, d in zip(numerator.cpu_samples, denominator.cpu_samples, strict=True)
+    ]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
 def _implementation_entry(
     problem: Problem,
     name: str,
@@ -276,6 +295,7 @@ def _implementation_entry(
         "forward": forward.as_dict(),
         "forward_backward": forward_backward.as_dict(),
         "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
+        "grad_forward_ratio_cpu": _paired_cpu_ratio(forward_backward, forward),
         "peak_memory_forward_bytes": common.peak_memory_bytes(problem.forward(name), device),
         "peak_memory_bytes": common.peak_memory_bytes(problem.forward_backward(name), device),
         "saved_tensor_bytes": common.saved_tensor_bytes(problem.loss_only_with_graph(name)),
@@ -284,22 +304,16 @@ def _implementation_entry(
 
 
 def _native_info() -> dict[str, Any]:
-    """Whether the compiled C sweeps are used, and the time to build (or load) them.
+    """Whether the compiled C sweeps (the extension ``climgrad._tridiagonal``) are used.
 
-    The build happens once per machine (about a second with gcc) and is cached by source hash;
-    ``cached`` says whether this run found it built already. Either way it is excluded from the
-    timings (0.3), which start after this call.
+    The extension is built when climgrad is installed (pyproject.toml, optional); without a C
+    compiler, or ``CLIMGRAD_NATIVE=0``, runs the eager torch sweeps instead.
     """
-    cache_hit = any(tridiagonal._cache_directory().glob("tridiagonal_*.so"))
-    start = time.perf_counter()
-    available = tridiagonal.native_available()
-    elapsed = time.perf_counter() - start
     path = tridiagonal.native_library_path()
     return {
-        "available": available,
-        "build_or_load_s": elapsed,
-        "cached": cache_hit,
-        "library": str(path) if path else None,
+        "available": tridiagonal.native_available(),
+        "installed": path is not None,
+        "module": str(path) if path else None,
     }
 
 
@@ -326,7 +340,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name: _implementation_entry(problem, name, timings, first_calls[name], args.device)
         for name in implementations
     }
-    comparisons: dict[str, Any] = {}
+    comparisons: dict[str, Any] = {
+        # forward+backward / forward, paired per round, as wall-clock and as process-CPU ratios.
+        "grad_forward_ratio_wall_cpu": {
+            name: {
+                "wall": round(entry["grad_forward_ratio"]["median"], 3),
+                "cpu": round(entry["grad_forward_ratio_cpu"]["median"], 3),
+            }
+            for name, entry in entries.items()
+        }
+    }
     for suffix in ("", "_factor_once"):
         custom_fb = timings[f"custom{suffix}/forward_backward"]
         autograd_fb = timings[f"autograd{suffix}/forward_backward"]

@@ -35,13 +35,10 @@ those helpers to factor a matrix once and solve it many times).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
+import importlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,81 +69,47 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # Native sweeps (optional). Eager PyTorch pays a fixed dispatch cost for every per-level vector
 # operation, and the sweeps make several per level (docs/benchmarks.md has the measured overhead);
-# a C loop over levels and columns removes that overhead. The library is plain C (no PyTorch
-# headers), built with the system C compiler on first use and cached by source hash. It serves
-# only the non-differentiable ``out=`` paths on contiguous CPU float32/float64 tensors; everything
-# else, and every machine without a compiler, uses the eager torch code, which gives the same
-# results up to rounding. Set the environment variable CLIMGRAD_NATIVE=0 (or call
+# a C loop over levels and columns removes that overhead. The loops live in the C extension module
+# ``climgrad._tridiagonal`` (src/climgrad/_tridiagonal.c: plain C and the CPython API, no PyTorch
+# headers), which the install builds (pyproject.toml ext-modules), as an optional extension: where
+# no C compiler exists the install succeeds without it. The extension serves only the
+# non-differentiable ``out=`` paths on contiguous CPU float32/float64 tensors; everything else, and
+# every install without the extension, uses the eager torch code, which gives the same results up
+# to rounding. Set the environment variable CLIMGRAD_NATIVE=0 (or call
 # ``set_native_enabled(False)``) to force the eager path.
 # --------------------------------------------------------------------------------------------------
 
-_NATIVE_SOURCE = r"""
-#define BLOCK 64
-#define MIN(x, y) ((x) < (y) ? (x) : (y))
-#define DEFINE(T, S)                                                                           \
-void climgrad_factor_##S(long n, long m, const T *a, const T *b, const T *c, T *cp, T *inv) {  \
-    for (long j0 = 0; j0 < m; j0 += BLOCK) {                                                   \
-        long j1 = MIN(j0 + BLOCK, m);                                                          \
-        for (long j = j0; j < j1; ++j) { inv[j] = (T)1 / b[j]; cp[j] = c[j] * inv[j]; }        \
-        for (long k = 1; k < n; ++k) {                                                         \
-            const long o = k * m, p = (k - 1) * m;                                             \
-            for (long j = j0; j < j1; ++j) {                                                   \
-                T r = (T)1 / (b[o + j] - a[o + j] * cp[p + j]);                                \
-                inv[o + j] = r; cp[o + j] = c[o + j] * r;                                      \
-            }                                                                                  \
-        }                                                                                      \
-    }                                                                                          \
-}                                                                                              \
-void climgrad_solve_##S(long n, long m, const T *a, const T *cp, const T *inv, const T *d,     \
-                        T *x) {                                                                \
-    for (long j0 = 0; j0 < m; j0 += BLOCK) {                                                   \
-        long j1 = MIN(j0 + BLOCK, m);                                                          \
-        for (long j = j0; j < j1; ++j) x[j] = d[j] * inv[j];                                   \
-        for (long k = 1; k < n; ++k) {                                                         \
-            const long o = k * m, p = (k - 1) * m;                                             \
-            for (long j = j0; j < j1; ++j)                                                     \
-                x[o + j] = (d[o + j] - a[o + j] * x[p + j]) * inv[o + j];                      \
-        }                                                                                      \
-        for (long k = n - 2; k >= 0; --k) {                                                    \
-            const long o = k * m, q = (k + 1) * m;                                             \
-            for (long j = j0; j < j1; ++j) x[o + j] = x[o + j] - cp[o + j] * x[q + j];         \
-        }                                                                                      \
-    }                                                                                          \
-}                                                                                              \
-void climgrad_solve_transposed_##S(long n, long m, const T *a, const T *cp, const T *inv,      \
-                                   const T *g, T *z) {                                         \
-    for (long j0 = 0; j0 < m; j0 += BLOCK) {                                                   \
-        long j1 = MIN(j0 + BLOCK, m);                                                          \
-        for (long j = j0; j < j1; ++j) z[j] = g[j];                                            \
-        for (long k = 1; k < n; ++k) {                                                         \
-            const long o = k * m, p = (k - 1) * m;                                             \
-            for (long j = j0; j < j1; ++j) z[o + j] = g[o + j] - cp[p + j] * z[p + j];         \
-        }                                                                                      \
-        const long l = (n - 1) * m;                                                            \
-        for (long j = j0; j < j1; ++j) z[l + j] = z[l + j] * inv[l + j];                       \
-        for (long k = n - 2; k >= 0; --k) {                                                    \
-            const long o = k * m, q = (k + 1) * m;                                             \
-            for (long j = j0; j < j1; ++j)                                                     \
-                z[o + j] = (z[o + j] - a[q + j] * z[q + j]) * inv[o + j];                      \
-        }                                                                                      \
-    }                                                                                          \
-}
-DEFINE(double, f64)
-DEFINE(float, f32)
-#define DEFINE_ACCUMULATE(T, S)                                                                \
-void climgrad_accumulate_##S(long n, long m, const T *lam, const T *x, const T *w, T *acc) {   \
-    for (long k = 0; k + 1 < n; ++k) {                                                         \
-        const long o = k * m, q = (k + 1) * m;                                                 \
-        for (long j = 0; j < m; ++j)                                                           \
-            acc[o + j] += (x[q + j] - x[o + j]) * (lam[q + j] * w[q + j] - lam[o + j] * w[o + j]); \
-    }                                                                                          \
-}
-DEFINE_ACCUMULATE(double, f64)
-DEFINE_ACCUMULATE(float, f32)
-"""
 
-_native_library: ctypes.CDLL | None = None
-_native_state = {"enabled": os.environ.get("CLIMGRAD_NATIVE", "1") != "0", "tried": False}
+def _import_native() -> Any:
+    """The extension module ``climgrad._tridiagonal``, or ``None`` where the install lacks it."""
+    try:
+        module = importlib.import_module("climgrad._tridiagonal")
+    except ModuleNotFoundError:
+        return None  # built without a C compiler: the eager sweeps serve
+    except ImportError as error:  # present but unloadable (e.g. a stale build): say so once
+        warnings.warn(
+            f"climgrad could not load its compiled tridiagonal sweeps ({error}); using the slower "
+            "eager PyTorch path. Reinstall climgrad to rebuild them, or set CLIMGRAD_NATIVE=0.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return module
+
+
+_native_module: Any = _import_native()
+_native_state = {"enabled": os.environ.get("CLIMGRAD_NATIVE", "1") != "0"}
+_NATIVE_SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
+#: (sweep name, dtype) -> the extension's function, e.g. ("factor", float64) -> factor_f64.
+_NATIVE_FUNCTIONS: dict[tuple[str, torch.dtype], Callable[..., None]] = (
+    {
+        (name, dtype): getattr(_native_module, f"{name}_{suffix}")
+        for name in ("factor", "solve", "solve_transposed", "accumulate")
+        for dtype, suffix in _NATIVE_SUFFIX.items()
+    }
+    if _native_module is not None
+    else {}
+)
 
 
 def set_native_enabled(enabled: bool) -> None:
@@ -155,67 +118,17 @@ def set_native_enabled(enabled: bool) -> None:
 
 
 def native_available() -> bool:
-    """Whether the compiled sweeps are enabled and loaded (building them on the first call)."""
-    return _native_state["enabled"] and _load_native() is not None
+    """Whether the compiled sweeps are installed and enabled."""
+    return _native_state["enabled"] and _native_module is not None
 
 
 def native_library_path() -> Path | None:
-    """Path of the compiled sweeps once built or loaded (``None`` before, or when unavailable)."""
-    return Path(_native_library._name) if _native_library is not None else None
-
-
-def _cache_directory() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "climgrad"
-
-
-def _load_native() -> ctypes.CDLL | None:
-    global _native_library
-    if _native_library is not None or _native_state["tried"]:
-        return _native_library
-    _native_state["tried"] = True
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    digest = hashlib.sha256(_NATIVE_SOURCE.encode()).hexdigest()[:16]
-    try:
-        directory = _cache_directory()
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        directory = Path(tempfile.gettempdir()) / "climgrad"
-        directory.mkdir(parents=True, exist_ok=True)
-    library = directory / f"tridiagonal_{digest}.so"
-    try:
-        if not library.exists():
-            with tempfile.TemporaryDirectory(dir=directory) as build:
-                source = Path(build) / "tridiagonal.c"
-                source.write_text(_NATIVE_SOURCE)
-                built = Path(build) / library.name
-                # No -ffast-math: the sweeps keep IEEE semantics (and so their rounding behaviour).
-                subprocess.run(
-                    [compiler, "-O3", "-fPIC", "-shared", str(source), "-o", str(built)],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                os.replace(built, library)  # atomic: concurrent builders do not clash
-        _native_library = ctypes.CDLL(str(library))
-    except (OSError, subprocess.SubprocessError) as error:
-        warnings.warn(
-            f"climgrad could not build its native tridiagonal sweeps ({error}); using the slower "
-            "eager PyTorch path. Set CLIMGRAD_NATIVE=0 to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        _native_library = None
-    return _native_library
-
-
-_NATIVE_SUFFIX = {torch.float64: "f64", torch.float32: "f32"}
+    """Path of the compiled extension module (``None`` when the install has none)."""
+    return Path(_native_module.__file__) if _native_module is not None else None
 
 
 def _native_call(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> bool:
-    """Run ``climgrad_<name>_<dtype>`` on levels-first tensors if possible; return whether it ran.
+    """Run the extension's ``<name>_<dtype>`` on levels-first tensors if possible; return whether.
 
     All tensors must be contiguous CPU tensors of one floating dtype with the shape of the first,
     except that outputs may have one level fewer (``(n - 1, *batch)``, for accumulators).
@@ -224,9 +137,10 @@ def _native_call(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, .
         return False
     tensors = inputs + outputs
     first = tensors[0]
+    function = _NATIVE_FUNCTIONS.get((name, first.dtype))
     if (
-        first.device.type != "cpu"
-        or first.dtype not in _NATIVE_SUFFIX
+        function is None
+        or first.device.type != "cpu"
         or first.ndim == 0
         or any(
             t.device.type != "cpu"
@@ -241,14 +155,9 @@ def _native_call(name: str, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, .
         or is_traced(*tensors)
     ):
         return False
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    library = _load_native()
-    if library is None:
-        return False
     levels = first.shape[0]
     batch = first.numel() // levels if levels else 0
-    function = getattr(library, f"climgrad_{name}_{_NATIVE_SUFFIX[first.dtype]}")
-    function(ctypes.c_long(levels), ctypes.c_long(batch), *pointers)
+    function(levels, batch, *[t.data_ptr() for t in tensors])
     return True
 
 

@@ -30,7 +30,9 @@ DOUBLE = torch.float64
 def solver_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test with the compiled C sweeps (when they build) and with the eager torch sweeps."""
     if request.param == "native" and not tridiagonal.native_available():
-        pytest.skip("the native sweeps could not be built here (no C compiler)")
+        pytest.skip(
+            "the C extension climgrad._tridiagonal was not built (no C compiler at install)"
+        )
     tridiagonal.set_native_enabled(request.param == "native")
     yield request.param
     tridiagonal.set_native_enabled(True)
