@@ -275,6 +275,7 @@ def test_progress_bar_ends_where_the_run_stopped(tmp_path: Path) -> None:
     result = run_app(overrides)
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 300
-    bar = [line for line in result.stderr.replace("\r", "\n").splitlines() if "it/s" in line]
+    # tqdm's lines start with the description, the experiment's name.
+    bar = [line for line in result.stderr.replace("\r", "\n").splitlines() if "twin_ebm1d:" in line]
     steps = json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"]
     assert steps < 50 and f"{steps}/{steps}" in bar[-1]
