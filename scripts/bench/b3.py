@@ -501,19 +501,10 @@ def adam_step_benchmark(steps: int) -> dict[str, Any]:
     paired = common.time_interleaved(functions, repeats=paired_steps, warmup=3)
     return {
         "steps": steps,
-        "step_ms": _milliseconds(alone["tridiagonal"]),
+        "step_ms": alone["tridiagonal"].milliseconds(),
         "paired_steps": paired_steps,
-        "paired_step_ms": {name: _milliseconds(timing) for name, timing in paired.items()},
+        "paired_step_ms": {name: timing.milliseconds() for name, timing in paired.items()},
         "speedup_tridiagonal_vs_dense": common.paired_ratio(paired["dense"], paired["tridiagonal"]),
-    }
-
-
-def _milliseconds(timing: common.Timing) -> dict[str, float]:
-    return {
-        "median": 1e3 * timing.median_s,
-        "min": 1e3 * timing.min_s,
-        "max": 1e3 * timing.max_s,
-        "cpu_median": 1e3 * timing.cpu_median_s,
     }
 
 

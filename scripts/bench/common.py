@@ -120,6 +120,15 @@ class Timing:
     def cpu_median_s(self) -> float:
         return statistics.median(self.cpu_samples)
 
+    def milliseconds(self) -> dict[str, float]:
+        """Median, min, max and CPU median in ms (for reports)."""
+        return {
+            "median": 1e3 * self.median_s,
+            "min": 1e3 * self.min_s,
+            "max": 1e3 * self.max_s,
+            "cpu_median": 1e3 * self.cpu_median_s,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "median_s": self.median_s,

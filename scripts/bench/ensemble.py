@@ -168,15 +168,6 @@ def two_layer_case(members: int) -> Case:
     return Case(loss, sets)
 
 
-def _milliseconds(timing: common.Timing) -> dict[str, float]:
-    return {
-        "median": 1e3 * timing.median_s,
-        "min": 1e3 * timing.min_s,
-        "max": 1e3 * timing.max_s,
-        "cpu_median": 1e3 * timing.cpu_median_s,
-    }
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """ENSEMBLE options for ``scripts/bench.py``."""
     parser.add_argument(
@@ -206,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = {
             "members": members,
             "forward_backward_ms": {
-                kind: _milliseconds(timings[f"{name}/{kind}"])
+                kind: timings[f"{name}/{kind}"].milliseconds()
                 for kind in ("single", "batched", "looped")
             },
             "batched_over_single": common.paired_ratio(
