@@ -5,8 +5,8 @@
 # pulls a multi-GB CUDA build. Override what is installed with:
 #   CLIMGRAD_TORCH="torch==2.13.0"              (the default; a CPU build where one lies on disk)
 #   CLIMGRAD_TORCH_INDEX=<wheel index URL>      (e.g. PyTorch's CUDA index on a GPU machine)
-#   CLIMGRAD_EXTRAS="dev"                       (extras of the project to install; default
-#                                                dev, plus rrtmg where climt has wheels:
+#   CLIMGRAD_EXTRAS="dev,posterior"             (extras of the project to install; default
+#                                                dev,posterior, plus rrtmg where climt has wheels:
 #                                                CPython 3.11 on x86-64 Linux)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,9 +29,9 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-default_extras="dev"
+default_extras="dev,posterior"
 if "$venv/bin/python" -c 'import sys, platform; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64" and sys.platform == "linux"))'; then
-    default_extras="dev,rrtmg"
+    default_extras="dev,posterior,rrtmg"
 fi
 extras="${CLIMGRAD_EXTRAS:-$default_extras}"
 stamp="$venv/.climgrad-installed"

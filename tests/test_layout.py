@@ -214,6 +214,13 @@ FORBIDDEN = {
     "climgrad.models": ("climgrad.data", "climgrad.calibration", "climgrad.results"),
     "climgrad.data": ("climgrad.models", "climgrad.physics", "climgrad.calibration"),
     "climgrad.calibration": ("climgrad.physics", "climgrad.results"),
+    "climgrad.inference": (
+        "climgrad.physics",
+        "climgrad.models",
+        "climgrad.data",
+        "climgrad.calibration",
+        "climgrad.results",
+    ),
 }
 
 
