@@ -71,6 +71,7 @@ from climgrad.physics.insolation import (
     daily_mean_insolation,
     legendre_p2,
 )
+from climgrad.tridiagonal import solve_tridiagonal
 from climgrad.typing import Diagnostics, State, Tendencies
 
 __all__ = ["EBM1D", "EquilibriumResidual"]
@@ -479,8 +480,17 @@ class EBM1D(Model):
         parameters: Mapping[str, Tensor | float] | None = None,
         jacobian: Literal["tridiagonal", "dense"] = "tridiagonal",
         line_search: bool | Literal["auto"] = "auto",
+        spin_up: int = 0,
     ) -> dict[str, Tensor]:
         """Steady state by Newton's method, differentiable by implicit differentiation.
+
+        The model has several equilibria (ice-free, present-day, snowball), and Newton's method
+        from ``initial`` can land on another branch than the one the climate drifts to from
+        there when the parameters are far from those of ``initial`` (an ensemble member with a
+        low albedo jumping to the snowball). ``spin_up`` pseudo-time steps first follow the
+        model's own evolution: each is a linearised backward-Euler step of 30 days with the heat
+        capacity of ``heat_capacity`` (one tridiagonal solve, ``(C/Δt − J) δ = F``; pseudo-
+        transient continuation, Kelley & Keyes 1998), so that Newton starts on the right branch.
 
         The parameters are resolved once per call (:meth:`residual`); Newton's method and the
         adjoint solve use B3.2's analytic tridiagonal Jacobian (one Thomas sweep each,
@@ -499,6 +509,9 @@ class EBM1D(Model):
                 equilibrium, slower, kept as a reference).
             line_search: As for :func:`~climgrad.integrate.equilibrium`: ``"auto"`` restarts a
                 failed plain Newton solve with backtracking (for a batch, every row restarts).
+            spin_up: Pseudo-time steps before Newton (see above; ~10 per e-folding time
+                C/B ≈ 8 months; 0: none). They carry no gradient: the result is the same
+                equilibrium, differentiated implicitly.
 
         Returns:
             The state ``{"surface_temperature": T* (band,) K}``, ``(J, band)`` for J parameter
@@ -509,6 +522,8 @@ class EBM1D(Model):
             raise ValueError(f"Unknown jacobian {jacobian!r}; use 'tridiagonal' or 'dense'.")
         start = (initial or self.initial_state())["surface_temperature"]
         problem = self.residual(parameters)
+        if spin_up > 0:
+            start = self._pseudo_transient(problem, start, parameters, spin_up)
         structured = jacobian == "tridiagonal"
         solution = equilibrium(
             problem.residual,
@@ -523,6 +538,27 @@ class EBM1D(Model):
             info=info,
         )
         return {"surface_temperature": solution}
+
+    def _pseudo_transient(
+        self,
+        problem: EquilibriumResidual,
+        start: Tensor,
+        parameters: Mapping[str, Tensor | float] | None,
+        steps: int,
+    ) -> Tensor:
+        """``steps`` linearised backward-Euler steps of 30 days from ``start`` (no gradient)."""
+        with torch.no_grad():
+            capacity = self.parameter_values(parameters, names=("heat_capacity",))
+            inverse_step = capacity["heat_capacity"].detach() / (30.0 * 86400.0)  # W m-2 K-1
+            coefficients = [c.detach() for c in problem.coefficients]
+            temperature = start.detach().clone()
+            for _ in range(steps):
+                heating = problem.residual(temperature, *coefficients)
+                lower, diagonal, upper = problem.jacobian(temperature)
+                temperature = temperature + solve_tridiagonal(
+                    -lower, inverse_step - diagonal, -upper, heating
+                )
+        return temperature
 
     def seasonal_cycle(
         self,
