@@ -38,6 +38,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,7 +59,9 @@ __all__ = [
     "parameter_table",
     "physical_gradients",
     "physical_parameters",
+    "prior_from_setting",
     "prior_penalty",
+    "raw_gaussian_prior",
 ]
 
 TransformName = Literal["auto", "identity", "softplus", "exp", "sigmoid"]
@@ -95,6 +99,42 @@ class Prior:
             log_value = torch.log(value)
             return (0.5 * ((log_value - self.loc) / self.scale) ** 2 + log_value).sum()
         return value.sum() * 0.0
+
+    def quantiles(
+        self, levels: Tensor, bounds: tuple[float | None, float | None] = (None, None)
+    ) -> Tensor:
+        """Values at probability ``levels`` (in (0, 1)) of the prior truncated to ``bounds``.
+
+        Raises:
+            ValueError: A uniform prior on a parameter without two finite bounds (improper).
+        """
+        lower, upper = bounds
+        if self.kind == "uniform":
+            if lower is None or upper is None:
+                raise ValueError(
+                    "a uniform prior needs both bounds of the parameter; give a normal or "
+                    "lognormal prior instead."
+                )
+            return lower + (upper - lower) * levels
+
+        def to_standard(value: float | None, default: float) -> float:
+            if value is None:
+                return default
+            if self.kind == "lognormal":
+                return (math.log(value) - self.loc) / self.scale if value > 0 else -math.inf
+            return (value - self.loc) / self.scale
+
+        normal_cdf = torch.special.ndtr
+        low = normal_cdf(torch.tensor(to_standard(lower, -math.inf), dtype=levels.dtype))
+        high = normal_cdf(torch.tensor(to_standard(upper, math.inf), dtype=levels.dtype))
+        if not float(high - low) > 1e-12:
+            raise ValueError(
+                f"the prior {self.describe()} puts no mass inside the bounds {bounds}; move its "
+                "loc inside them."
+            )
+        standard = torch.special.ndtri(low + (high - low) * levels)
+        value = self.loc + self.scale * standard
+        return torch.exp(value) if self.kind == "lognormal" else value
 
     def describe(self) -> str:
         """Short text for tables and NetCDF attributes, e.g. ``normal(2, 0.5)``."""
@@ -407,8 +447,67 @@ def prior_penalty(model: nn.Module) -> Tensor:
     return total
 
 
+def prior_from_setting(name: str, setting: Mapping[str, Any] | Prior | None) -> Prior | None:
+    """A :class:`Prior` from a config mapping ``{kind, loc, scale}`` (``None`` passes through).
+
+    Raises:
+        ValueError: Unknown keys or kind, or a non-positive scale (the message names ``name``).
+    """
+    if setting is None or isinstance(setting, Prior):
+        return setting
+    options = dict(setting)
+    unknown = sorted(set(options) - {"kind", "loc", "scale"})
+    if unknown:
+        raise ValueError(f"{name}.prior: unknown key(s) {unknown}; use kind, loc and scale.")
+    if "kind" not in options:
+        raise ValueError(f"{name}.prior needs a kind: normal, lognormal or uniform.")
+    try:
+        return Prior(
+            str(options["kind"]),  # type: ignore[arg-type]
+            float(options.get("loc", 0.0)),
+            float(options.get("scale", 1.0)),
+        )
+    except ValueError as err:
+        raise ValueError(f"{name}.prior: {err}") from None
+
+
+def raw_gaussian_prior(info: ParameterInfo, points: int = 4001) -> tuple[Tensor, Tensor]:
+    """Mean and variance, per element, of the parameter's prior seen in unconstrained coordinates.
+
+    The posterior methods (ensemble Kalman, Laplace, NUTS) work on the raw (unconstrained)
+    values, where they assume a Gaussian prior. This is that Gaussian: the mean and variance of
+    ``raw = f⁻¹(value)`` for ``value`` drawn from the declared prior truncated to the bounds,
+    computed on ``points`` equally spaced quantiles (deterministic). For an unbounded parameter
+    with a normal prior it is the prior itself; for a sigmoid-bounded one with a uniform prior it
+    is the moment match of a logistic distribution (variance π²/3).
+
+    Raises:
+        ValueError: The parameter has no prior (the message names the config key to set).
+    """
+    prior = info.spec.prior
+    if prior is None:
+        raise ValueError(
+            f"{info.spec.name} has no prior; set model.params.{info.spec.name}.prior="
+            "{kind: normal, loc: ..., scale: ...} (units of the parameter) or fix it with "
+            f"model.params.{info.spec.name}.learn=false."
+        )
+    raw = info.raw.detach()
+    levels = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    values = prior.quantiles(levels, info.spec.bounds)
+    bijection = info.spec.bijection()
+    samples = bijection.right_inverse(values)
+    finite = samples[torch.isfinite(samples)]
+    mean = finite.mean().to(raw.dtype)
+    variance = finite.var().to(raw.dtype)
+    return mean.expand_as(raw).clone().to(raw.device), variance.expand_as(raw).clone().to(
+        raw.device
+    )
+
+
 def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
-    """Set values and learnability from config: ``{"D": {"value": 0.6, "learn": False}}``.
+    """Set values, learnability and priors from config:
+    ``{"D": {"value": 0.6, "learn": False}}``, ``{"B": {"prior": {"kind": "normal", "loc": 2,
+    "scale": 0.5}}}``.
 
     A bare number is a value. Names may be qualified (``"diffusion.D"``) or, when unique, bare.
     Unknown names and keys fail with the valid ones listed.
@@ -416,9 +515,17 @@ def configure_parameters(model: nn.Module, settings: Mapping[str, Any]) -> None:
     for name, setting in settings.items():
         info = _lookup(model, name)
         options = dict(setting) if isinstance(setting, Mapping) else {"value": setting}
-        unknown = sorted(set(options) - {"value", "learn"})
+        unknown = sorted(set(options) - {"value", "learn", "prior"})
         if unknown:
-            raise KeyError(f"{name}: unknown setting(s) {unknown}; use 'value' and/or 'learn'.")
+            raise KeyError(
+                f"{name}: unknown setting(s) {unknown}; use 'value', 'learn' and/or 'prior'."
+            )
+        if options.get("prior") is not None:
+            prior = prior_from_setting(name, options["prior"])
+            specs = dict(getattr(info.module, "_climgrad_param_specs", {}))
+            specs[info.attribute] = dataclasses.replace(info.spec, prior=prior)
+            object.__setattr__(info.module, "_climgrad_param_specs", specs)
+            info = _lookup(model, name)
         value = options.get("value")
         if "learn" in options:
             learn = options["learn"]

@@ -59,7 +59,7 @@ def test_outputs_are_self_describing(tmp_path: Path) -> None:
         assert params["A"].attrs["units"] == "W m-2"
         assert params["a0"].attrs["valid_min"] == 0.0 and params["a0"].attrs["valid_max"] == 1.0
         assert params["A"].attrs["long_name"] == "OLR at 0 degC"
-        assert params["A"].attrs["prior"] == "none"
+        assert params["A"].attrs["prior"] == "normal(210, 20)"  # conf/model/ebm1d.yaml
         assert params["A"].attrs["initial_value"] == pytest.approx(210.0)
         assert float(params["A"]) == pytest.approx(metrics["parameters"]["A"])
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)

@@ -34,15 +34,19 @@ __all__ = [
     "GROUPS",
     "CalibrateConfig",
     "DataConfig",
+    "LikelihoodConfig",
     "LoggerConfig",
     "LossConfig",
+    "MethodConfig",
     "ModelConfig",
     "OptimizerConfig",
     "ParamConfig",
     "PathsConfig",
+    "PriorConfig",
     "ScheduleConfig",
     "TrainerConfig",
     "TwinVariableConfig",
+    "VariableErrorConfig",
     "check_overrides",
     "config_dir",
     "register_configs",
@@ -56,6 +60,7 @@ GROUPS = (
     "model",
     "data",
     "loss",
+    "method",
     "optimizer",
     "trainer",
     "logger",
@@ -87,16 +92,35 @@ class PathsConfig:
 
 
 @dataclass
+class PriorConfig:
+    """A parameter's prior (``model.params.<name>.prior``).
+
+    Attributes:
+        kind: ``normal``, ``lognormal`` or ``uniform`` (between the parameter's bounds);
+            ``null``: none.
+        loc: Mean (normal, parameter units) or mean of the logarithm (lognormal).
+        scale: Standard deviation (normal) or of the logarithm (lognormal).
+    """
+
+    kind: str | None = None
+    loc: float = 0.0
+    scale: float = 1.0
+
+
+@dataclass
 class ParamConfig:
     """Initial value and learnability of one model parameter.
 
     Attributes:
         value: Initial value in the parameter's physical units (``null`` keeps the model default).
         learn: Whether the optimizer updates it (``null`` keeps the model default).
+        prior: The prior (:class:`PriorConfig`). The posterior methods need one on every learnt
+            parameter; the point-estimate loss adds it with ``loss.prior_weight``.
     """
 
     value: Any = None
     learn: bool | None = None
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 @dataclass
@@ -179,6 +203,94 @@ class LossConfig:
 
     prior_weight: float = 1.0
     weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class VariableErrorConfig:
+    """The error model of one observed variable in the likelihood (``likelihood.variables.<name>``).
+
+    Attributes:
+        effective_n: Effective number of independent observations of the variable (errors
+            correlated in space count less than the number of elements); default the number of
+            valid elements. Element ``i`` then counts as ``effective_n * a_i`` observations, with
+            ``a_i`` its element (area) weight.
+        ar1_phi: Lag-1 autocorrelation of the errors of a 1-D series (AR(1) error model, exact
+            Gaussian likelihood); ``null``: independent errors. Not with ``effective_n``.
+        extra_error: Added in quadrature to the observation error (the variable's units), e.g.
+            internal variability that the model does not simulate.
+    """
+
+    effective_n: float | None = None
+    ar1_phi: float | None = None
+    extra_error: float = 0.0
+
+
+@dataclass
+class LikelihoodConfig:
+    """The Gaussian likelihood the posterior methods use (``-log p(y|θ) = ½ Σ_v r_vᵀ Γ_v⁻¹ r_v``).
+
+    Attributes:
+        variables: Error model per observation name (see :class:`VariableErrorConfig`);
+            variables not listed have independent errors, one observation per valid element.
+    """
+
+    variables: dict[str, VariableErrorConfig] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """What updates the parameters (``method`` group; docs/posteriors.md).
+
+    ``gradient`` is Adam or L-BFGS on the point-estimate loss (the ``optimizer`` group); the
+    others target the posterior of the Gaussian likelihood (``likelihood``) and the parameters'
+    priors, in the unconstrained coordinates of the parameters.
+
+    Attributes:
+        name: ``gradient``, ``eki``, ``uki``, ``cmaes``, ``laplace``, ``nuts`` or ``hybrid``.
+        ensemble_size: EKI members.
+        variant: EKI: ``finite_time`` (stops at algorithm time 1: the ensemble approximates the
+            posterior) or ``tikhonov`` (prior-regularised; iterates to the MAP).
+        step: EKI time step: ``dmc`` (data-misfit controller) or a number.
+        sigma0: CMA-ES initial step size, in prior standard deviations (unconstrained).
+        popsize: CMA-ES population (``null``: cma's default, 4 + 3 ln p).
+        tolerance: UKI and CMA-ES stop when the mean moves less than this (unconstrained units).
+        jacobian: Laplace Jacobian: ``reverse`` (autograd through the model) or ``fd`` (central
+            differences in one batched evaluation: for compiled code).
+        fd_step: Step of the ``fd`` Jacobian in unconstrained units.
+        map_iterations: L-BFGS iterations to the MAP before the Laplace covariance (laplace,
+            hybrid).
+        warm_start: hybrid: ``uki`` or ``eki`` before the L-BFGS polish.
+        warm_iterations: hybrid: iterations of the warm start.
+        num_samples, warmup, chains: NUTS draws kept per chain, adaptation steps, chains.
+        target_accept, max_tree_depth: NUTS settings.
+        posterior_draws: Draws from a Gaussian posterior (UKI, Laplace, hybrid) stored in
+            ``posterior.nc``.
+        derived_draws: Posterior draws (thinned) for which the derived quantities (ECS, TCR,
+            global mean temperature, ...) are computed, one model solve each; 0: none.
+        max_iterations: Step budget of the posterior methods (iterations, chains, L-BFGS
+            steps); ``trainer.max_steps`` is the gradient method's.
+    """
+
+    name: str = "gradient"
+    ensemble_size: int = 50
+    variant: str = "finite_time"
+    step: Any = "dmc"
+    sigma0: float = 0.5
+    popsize: int | None = None
+    tolerance: float = 1e-4
+    jacobian: str = "reverse"
+    fd_step: float = 1e-5
+    map_iterations: int = 100
+    warm_start: str = "uki"
+    warm_iterations: int = 10
+    num_samples: int = 500
+    warmup: int = 300
+    chains: int = 2
+    target_accept: float = 0.8
+    max_tree_depth: int = 8
+    posterior_draws: int = 2000
+    derived_draws: int = 200
+    max_iterations: int = 100
 
 
 @dataclass
@@ -293,7 +405,8 @@ class CalibrateConfig:
         name: Experiment name (tags, outputs).
         seed: Seeds torch, numpy and random.
         debug: Show tracebacks on errors.
-        paths, model, data, loss, optimizer, trainer, logger: The groups above.
+        paths, model, data, loss, likelihood, method, optimizer, trainer, logger: The groups
+            above.
     """
 
     name: str = "calibration"
@@ -303,6 +416,8 @@ class CalibrateConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -443,9 +558,9 @@ def _check_parameter_names(arguments: Sequence[str], keys: Sequence[str]) -> Non
     for key in keys:
         parts = key.split(".")
         if len(parts) < 3 or parts[2] in valid:
-            if len(parts) > 3 and parts[3] not in ("value", "learn"):
+            if len(parts) > 3 and parts[3] not in ("value", "learn", "prior"):
                 raise CalibrationError(
-                    f"unknown config key {key!r}: a parameter has the keys value, learn."
+                    f"unknown config key {key!r}: a parameter has the keys value, learn, prior."
                 )
             continue
         close = difflib.get_close_matches(parts[2], valid, n=1)

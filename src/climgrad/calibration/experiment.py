@@ -25,6 +25,7 @@ from torch import Tensor
 from climgrad.calibration.adapters import ModelAdapter, get_adapter
 from climgrad.calibration.config import CalibrateConfig, DataConfig
 from climgrad.calibration.errors import CalibrationError
+from climgrad.calibration.likelihood import GaussianLikelihood
 from climgrad.calibration.loss import CalibrationLoss, LossTerms
 from climgrad.data import ObservationError, ObservedVariable, ObsSet, load_observations
 from climgrad.data.spec import grid_from_dict, read_spec_file, spec_from_dict
@@ -94,7 +95,8 @@ class Problem:
         adapter: The model family's adapter (``model.name``).
         model: The model with the configured initial parameters, on ``device`` in ``dtype``.
         observations: The observations on the model's grid, device and dtype.
-        loss: Misfit per variable plus the prior penalty.
+        loss: Misfit per variable plus the prior penalty (the point-estimate objective).
+        likelihood: The Gaussian likelihood of the observations (the posterior methods).
         simulate_options: ``model.simulate`` (tolerances, spin-up, ...).
         device, dtype: Where and in which precision the problem lives.
     """
@@ -104,6 +106,7 @@ class Problem:
     model: Model
     observations: ObsSet
     loss: CalibrationLoss
+    likelihood: GaussianLikelihood
     simulate_options: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
@@ -161,11 +164,15 @@ def model_options(config: CalibrateConfig, adapter: ModelAdapter) -> dict[str, A
 
 
 def parameter_settings(config: CalibrateConfig) -> dict[str, dict[str, Any]]:
-    """``model.params`` as ``{name: {"value": ..., "learn": ...}}`` without unset entries."""
-    return {
-        name: {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
-        for name, p in config.model.params.items()
-    }
+    """``model.params`` as ``{name: {"value": ..., "learn": ..., "prior": ...}}`` without unset
+    entries."""
+    settings: dict[str, dict[str, Any]] = {}
+    for name, p in config.model.params.items():
+        fields = {k: v for k, v in dataclasses.asdict(p).items() if v is not None}
+        if fields.get("prior", {}).get("kind") is None:
+            fields.pop("prior", None)
+        settings[name] = fields
+    return settings
 
 
 def build_experiment(
@@ -198,7 +205,14 @@ def build_experiment(
     _configure(model, parameter_settings(config), "model.params")
     observations = _observations(config, adapter, model, device, dtype)
     loss = CalibrationLoss(observations, config.loss.prior_weight, config.loss.weights)
-    return Problem(config, adapter, model, observations, loss, simulate_options, device, dtype)
+    likelihood = GaussianLikelihood(
+        observations,
+        config.likelihood,
+        {name: loss.weights[name] * v.weight for name, v in observations.items()},
+    )
+    return Problem(
+        config, adapter, model, observations, loss, likelihood, simulate_options, device, dtype
+    )
 
 
 def _observations(

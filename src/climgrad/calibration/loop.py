@@ -6,9 +6,10 @@ parts, each in its module:
 
 * the **problem** (:func:`~climgrad.calibration.experiment.build_experiment`): parameters ->
   predictions on the observation grid -> misfit and prior;
-* the **method** (:class:`~climgrad.calibration.methods.GradientMethod`): one step evaluates the
-  loss and gradient and updates the parameters; a step whose loss or gradient is not finite, or
-  whose equilibrium does not converge, is skipped with parameters and optimizer state restored;
+* the **method** (``method`` group, :func:`~climgrad.calibration.methods.build_method`): one step
+  of a gradient optimizer, an ensemble iteration or a sampler's chain; a gradient step whose loss
+  or gradient is not finite, or whose equilibrium does not converge, is skipped with parameters
+  and optimizer state restored; the posterior methods also give the posterior at the end;
 * the **run services** (:class:`~climgrad.calibration.services.RunServices`): checkpoints and
   resume, TensorBoard, progress, the stopping rules, and the outputs at the end.
 """
@@ -27,7 +28,7 @@ from omegaconf import DictConfig
 from climgrad.calibration.config import CalibrateConfig
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import as_config, build_experiment
-from climgrad.calibration.methods import GradientMethod, StepSkipped
+from climgrad.calibration.methods import StepSkipped, build_method
 from climgrad.calibration.rundir import RunLock
 from climgrad.calibration.services import RunServices
 
@@ -65,7 +66,7 @@ def run_calibration(
 
     problem = build_experiment(config)  # fails on bad input before anything is written
     problem.check()
-    method = GradientMethod(problem, config.optimizer, trainer.max_steps)
+    method = build_method(problem)  # method group: gradient, eki, uki, cmaes, laplace, ...
     services = RunServices(config, Path(run_dir), list(overrides), problem, method)
     with RunLock(Path(run_dir)):  # one live run per directory
         services.resume()

@@ -25,8 +25,15 @@ from climgrad.calibration.checkpoint import load_checkpoint, resolve_resume, sav
 from climgrad.calibration.config import CalibrateConfig
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import Problem, config_yaml
-from climgrad.calibration.methods import GradientMethod, StepResult, state_copy
-from climgrad.calibration.outputs import summary_table, write_fit, write_metrics, write_params
+from climgrad.calibration.methods import Method, PosteriorDraws, StepResult, state_copy
+from climgrad.calibration.outputs import (
+    posterior_summary,
+    summary_table,
+    write_fit,
+    write_metrics,
+    write_params,
+    write_posterior,
+)
 from climgrad.calibration.rundir import log_to_files
 from climgrad.calibration.tensorboard_logger import TensorBoardLogger, flatten_overrides
 from climgrad.params import display_names, physical_parameters
@@ -100,7 +107,7 @@ class RunServices:
         run_dir: Path,
         overrides: list[str],
         problem: Problem,
-        method: GradientMethod,
+        method: Method,
     ) -> None:
         self.config = config
         self.trainer = config.trainer
@@ -133,10 +140,12 @@ class RunServices:
             log.warning("Resuming with a config that differs in: %s", ", ".join(changed))
         device = self.problem.device
         self.problem.model.load_state_dict(checkpoint["model"])
-        self.method.load_state_dict(
-            {"optimizer": checkpoint["optimizer"], "schedule": checkpoint["schedule"]},
-            self.trainer.max_steps,
-        )
+        # Checkpoints written before the method group kept the optimizer state at the top level.
+        method_state = checkpoint.get("method") or {
+            "optimizer": checkpoint["optimizer"],
+            "schedule": checkpoint["schedule"],
+        }
+        self.method.load_state_dict(method_state, self.trainer.max_steps)
         self.progress = Progress(**checkpoint["progress"])
         self.progress.stop_reason = ""
         self.best_state = {k: v.to(device) for k, v in checkpoint["best_model"].items()}
@@ -200,7 +209,7 @@ class RunServices:
                 from tqdm.auto import tqdm
 
                 self._bar = tqdm(
-                    total=self.trainer.max_steps,
+                    total=self.max_steps,
                     initial=self.progress.step,
                     desc=self.config.name,
                     dynamic_ncols=True,
@@ -213,13 +222,23 @@ class RunServices:
 
     # -- during the run ---------------------------------------------------------------------
 
+    @property
+    def max_steps(self) -> int:
+        """``trainer.max_steps`` for the gradient method; the posterior methods' own budget."""
+        return self.method.max_steps(self.trainer.max_steps)
+
     def running(self) -> bool:
-        """Whether another step is due (``trainer.max_steps`` not reached, no stop decided)."""
+        """Whether another step is due (the step budget not reached, no stop decided)."""
         if self.progress.stop_reason:
             return False
-        if self.progress.step >= self.trainer.max_steps:
+        if self.method.finished:
+            self.progress.stop_reason = "finished"
+            self.stop_message = f"method {self.method.name} finished: {self.method.finish_reason}"
+            return False
+        if self.progress.step >= self.max_steps:
             self.progress.stop_reason = "max_steps"
-            self.stop_message = f"reached trainer.max_steps={self.trainer.max_steps}"
+            budget = "trainer.max_steps" if self.method.name == "gradient" else "the step budget"
+            self.stop_message = f"reached {budget} ({self.max_steps})"
             return False
         return True
 
@@ -233,8 +252,14 @@ class RunServices:
         if self.board is not None and step % max(logger.every, 1) == 0:
             values = {f"loss/{k}": v for k, v in result.terms.as_floats().items()}
             values.update({f"grad_norm/{k}": v for k, v in result.gradient_norms.items()})
-            values["optimizer/lr"] = result.learning_rate
+            if result.learning_rate == result.learning_rate:  # not NaN
+                values["optimizer/lr"] = result.learning_rate
+            values.update(result.scalars)
             self.board.scalars(values, step)
+            for tag, histogram in result.histograms.items():
+                finite = histogram[torch.isfinite(histogram)]
+                if finite.numel():
+                    self.board.writer.add_histogram(tag, finite.double().cpu(), step)
             parameters = result.parameters
             if parameters is None:
                 parameters = physical_parameters(self.problem.model)
@@ -243,7 +268,7 @@ class RunServices:
             with torch.no_grad():
                 predictions = self.problem.predictions(self.problem.simulate())
             self.board.figures(self.problem.observations, predictions, step)
-        if result.loss < progress.best_loss:
+        if self.method.tracks_best and result.loss < progress.best_loss:
             if result.loss < progress.best_loss - self.trainer.plateau_tol * abs(
                 progress.best_loss
             ):
@@ -260,7 +285,9 @@ class RunServices:
         progress.nonfinite_streak = 0
         progress.step += 1
         progress.elapsed = self._elapsed_before + time.perf_counter() - self._session_start
-        gradient_norm = result.gradient_norms["total"]
+        gradient_norm = result.gradient_norms.get("total", float("inf"))
+        if not self.method.tracks_best:
+            progress.best_loss, progress.best_step = result.loss, step
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{result.loss:.5g}", refresh=False)
@@ -268,7 +295,7 @@ class RunServices:
             log.info(
                 "step %d/%d loss %.6g |grad| %.3g",
                 step,
-                trainer.max_steps,
+                self.max_steps,
                 result.loss,
                 gradient_norm,
             )
@@ -280,7 +307,8 @@ class RunServices:
             progress.stop_reason = "small_gradient"
             self.stop_message = f"gradient norm {gradient_norm:.3g} < trainer.min_grad_norm"
         elif (
-            trainer.plateau_patience > 0
+            self.method.uses_plateau
+            and trainer.plateau_patience > 0
             and progress.step - progress.last_improvement > trainer.plateau_patience
         ):
             progress.stop_reason = "plateau"
@@ -355,12 +383,10 @@ class RunServices:
 
     def _payload(self, state: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
         model = self.problem.model
-        method_state = self.method.state_dict()
         return {
             "step": self.progress.step,
             "model": _cpu(dict(state) if state is not None else state_copy(model)),
-            "optimizer": _cpu(method_state["optimizer"]),
-            "schedule": method_state["schedule"],
+            "method": _cpu(self.method.state_dict()),
             "progress": dataclasses.asdict(self.progress),
             "best_model": _cpu(self.best_state),
             "initial": _cpu(self.initial),
@@ -391,6 +417,10 @@ class RunServices:
         # last.pt: the latest state, to resume from (after non-finite steps, the last good one
         # is kept). The outputs, best.pt and params.nc describe the best state: the lowest loss
         # evaluated, whose parameters the loss in metrics.json belongs to.
+        # Posterior methods: the point estimate is the method's (ensemble mean, MAP).
+        if not self.method.tracks_best and progress.stop_reason != "nonfinite":
+            self.method.finalize()
+            self.best_state = state_copy(problem.model)
         self.save_checkpoints(last=progress.stop_reason != "nonfinite")
         problem.model.load_state_dict(self.best_state)
         with torch.no_grad():
@@ -398,11 +428,17 @@ class RunServices:
             terms = problem.evaluate(outputs)
         final = terms.as_floats()
         rmse = problem.loss.rmse(outputs)
+        point = (
+            f"best (step {progress.best_step})"
+            if self.method.tracks_best
+            else self.method.point_label
+        )
         metrics: dict[str, Any] = {
             "status": "failed" if progress.stop_reason == "nonfinite" else "completed",
             "experiment": config.name,
             "model": config.model.name,
-            "state": f"best (step {progress.best_step})",
+            "method": self.method.name,
+            "state": point,
             "stop_reason": progress.stop_reason,
             "stop_message": self.stop_message,
             "steps": progress.step,
@@ -416,6 +452,10 @@ class RunServices:
                 k: v.double().cpu().tolist() for k, v in physical_parameters(problem.model).items()
             },
             "derived": problem.derived(outputs),
+            "residual_lag1_autocorrelation": problem.likelihood.lag1_autocorrelation(
+                problem.observations, outputs
+            ),
+            "model_solves": self.method.solves,
             "optimizer_time_s": progress.elapsed,
             "wall_time_s": time.perf_counter() - wall_start,
             "device": str(problem.device),
@@ -424,6 +464,26 @@ class RunServices:
             "resumed_from": self.resumed_from,
             "overrides": self.overrides,
         }
+        draws = self.method.posterior() if progress.stop_reason != "nonfinite" else None
+        physical_draws = None
+        if draws is not None:
+            physical_draws, derived_draws = self._posterior_draws(draws)
+            metrics["posterior"] = posterior_summary(physical_draws)
+            metrics["posterior_diagnostics"] = draws.diagnostics
+            if derived_draws:
+                metrics["derived_posterior"] = posterior_summary(derived_draws)
+            write_posterior(
+                self.run_dir / "posterior.nc",
+                problem.model,
+                physical_draws,
+                draws,
+                derived_draws,
+                experiment=config.name,
+                method=self.method.name,
+                likelihood=problem.likelihood.describe(),
+                prior=self._prior_description(),
+                config_yaml=self.config_yaml,
+            )
         write_params(
             self.run_dir / "params.nc",
             problem.model,
@@ -431,6 +491,8 @@ class RunServices:
             experiment=config.name,
             overrides=self.overrides,
             config_yaml=self.config_yaml,
+            posterior=physical_draws,
+            method=self.method.name,
         )
         predictions = problem.predictions(outputs)
         write_fit(self.run_dir / "fit.nc", problem.observations, predictions, config.name)
@@ -441,9 +503,9 @@ class RunServices:
         report = "\n".join(
             [
                 f"\n{config.name}: {progress.step} steps in {metrics['wall_time_s']:.1f} s on "
-                f"{problem.device} ({config.trainer.dtype}), loss {final['total']:.6g} (best, "
-                f"step {progress.best_step}); stopped: {self.stop_message}",
-                summary_table(problem.model, self.initial),
+                f"{problem.device} ({config.trainer.dtype}), loss {final['total']:.6g} "
+                f"({point}); stopped: {self.stop_message}",
+                summary_table(problem.model, self.initial, metrics.get("posterior")),
                 "RMSE: " + ", ".join(f"{k} {v:.4g} {units[k]}" for k, v in rmse.items()),
                 f"Outputs in {self.run_dir}",
             ]
@@ -453,6 +515,48 @@ class RunServices:
         if progress.stop_reason == "nonfinite":
             raise CalibrationError(self.stop_message)
         return metrics
+
+    def _prior_description(self) -> dict[str, str]:
+        return {
+            name: info.spec.prior.describe() if info.spec.prior else "none"
+            for name, info in display_names(self.problem.model).items()
+            if info.learnable
+        }
+
+    def _posterior_draws(
+        self, draws: PosteriorDraws
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Physical draws ``name -> (chain, draw, *shape)`` and derived quantities of a thinned
+        subset (``method.derived_draws`` solves: ECS and TCR of a two-layer model, ...)."""
+        from climgrad.calibration.posterior import ParameterVector
+
+        problem = self.problem
+        vector = ParameterVector(problem.model)
+        raw = draws.raw.to(device=problem.device, dtype=problem.dtype)
+        with torch.no_grad():
+            physical = {k: v.detach() for k, v in vector.physical(raw).items()}
+        derived: dict[str, list[float]] = {}
+        count = int(self.config.method.derived_draws)
+        flat = raw.reshape(-1, raw.shape[-1])
+        if count > 0 and flat.shape[0] > 0:
+            saved = vector.get()
+            chosen = torch.linspace(0, flat.shape[0] - 1, min(count, flat.shape[0]))
+            try:
+                for index in chosen.round().long().tolist():
+                    vector.set(flat[index])
+                    try:
+                        with torch.no_grad():
+                            values = problem.derived(problem.simulate())
+                    except Exception:  # a draw the model cannot solve: left out
+                        continue
+                    for key, value in values.items():
+                        derived.setdefault(key, []).append(value)
+            finally:
+                vector.set(saved)
+        derived_draws = {
+            k: torch.tensor(v, dtype=torch.float64).reshape(1, -1) for k, v in derived.items()
+        }
+        return physical, derived_draws
 
     def _close_board(
         self, final: dict[str, float], rmse: dict[str, float], predictions: dict[str, Tensor]

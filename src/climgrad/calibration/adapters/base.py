@@ -67,6 +67,8 @@ class ModelAdapter:
     simulate_defaults: ClassVar[dict[str, Any]] = {}
     #: ``model.options`` that name files; relative ones are taken from ``paths.root_dir``.
     path_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`simulate_batch` solves J parameter sets in one call.
+    batched: ClassVar[bool] = False
 
     def model_class(self) -> type[Model]:
         """The model class; its constructor's keyword arguments are the valid options."""
@@ -122,6 +124,21 @@ class ModelAdapter:
     def simulate(self, model: Model, options: Mapping[str, Any]) -> dict[str, Tensor]:
         """Model outputs by name on the observation grid (differentiable in the parameters)."""
         raise NotImplementedError
+
+    def simulate_batch(
+        self, model: Model, parameters: Mapping[str, Tensor], options: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """Outputs of J parameter sets in one call, each ``(J, *observation shape)``.
+
+        Args:
+            model: The model (its other parameters as they are).
+            parameters: Physical values of the learnable parameters, ``name -> (J, *shape)``.
+            options: ``model.simulate``.
+
+        Families whose maths takes a batch (``batched = True``) override this; the ensemble
+        evaluator (:mod:`climgrad.calibration.posterior`) goes member by member otherwise.
+        """
+        raise NotImplementedError(f"the {self.name} adapter has no batched simulation.")
 
     def layout(self, model: Model) -> ObservationLayout:
         """Dimensions, coordinates and weights of the outputs (for twin experiments)."""

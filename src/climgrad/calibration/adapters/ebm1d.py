@@ -27,13 +27,23 @@ class EBM1DAdapter(ModelAdapter):
 
     ``model.simulate`` options: ``tol`` (Newton tolerance on max |net heating|, W m-2; default
     1e-9 in float64 and 0.1 in float32, where rounding the diffusive fluxes, ~1e3 W m-2 K-1 times
-    300 K, leaves residuals of a few 0.01 W m-2) and
-    ``max_iter``. Outputs: ``surface_temperature`` (K) and every diagnostic of ``EBM1D.forward``
+    300 K, leaves residuals of a few 0.01 W m-2), ``max_iter``, and ``spin_up`` /
+    ``ensemble_spin_up``: 30-day pseudo-time steps before Newton for one solve (default 0: the
+    gradient path moves the parameters little between solves) and for the members of an ensemble
+    (default 24: a member far from the initial parameters then reaches the branch its climate
+    drifts to, not the snowball or ice-free one Newton may jump to; ``EBM1D.equilibrium``).
+    Outputs: ``surface_temperature`` (K) and every diagnostic of ``EBM1D.forward``
     (W m-2, albedo 1), shape ``(band,)``.
     """
 
     name: ClassVar[str] = "ebm1d"
-    simulate_defaults: ClassVar[dict[str, Any]] = {"tol": None, "max_iter": 50}
+    batched: ClassVar[bool] = True
+    simulate_defaults: ClassVar[dict[str, Any]] = {
+        "tol": None,
+        "max_iter": 50,
+        "spin_up": 0,
+        "ensemble_spin_up": 24,
+    }
 
     def model_class(self) -> type[Model]:
         return EBM1D
@@ -51,16 +61,37 @@ class EBM1DAdapter(ModelAdapter):
         return ModelGrid(latitude_bounds=edges, sites=dict(spec_grid.sites))
 
     def simulate(self, model: Model, options: Mapping[str, Any]) -> dict[str, Tensor]:
+        return self._solve(typed_model(model, EBM1D, self.name), options, None)
+
+    def simulate_batch(
+        self, model: Model, parameters: Mapping[str, Tensor], options: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """J equilibria in one Newton solve (parameters ``(J,)``; outputs ``(J, band)``)."""
+        ebm = typed_model(model, EBM1D, self.name)
+        batch = dict(parameters)
+        return self._solve(ebm, options, batch)
+
+    def _solve(
+        self, ebm: EBM1D, options: Mapping[str, Any], parameters: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
         settings = {**self.simulate_defaults, **dict(options)}
         tol = settings["tol"]
         if tol is None:
-            dtype = next(model.parameters()).dtype
+            dtype = next(ebm.parameters()).dtype
             tol = 1e-9 if dtype == torch.float64 else 0.1
-        state = typed_model(model, EBM1D, self.name).equilibrium(
-            tol=float(tol), max_iter=int(settings["max_iter"])
+        spin_up = settings["spin_up"] if parameters is None else settings["ensemble_spin_up"]
+        state = ebm.equilibrium(
+            tol=float(tol),
+            max_iter=int(settings["max_iter"]),
+            parameters=parameters,
+            spin_up=int(spin_up),
         )
-        _, diagnostics = model(state)
-        return {"surface_temperature": state["surface_temperature"], **diagnostics}
+        _, diagnostics = ebm(state, parameters) if parameters is not None else ebm(state)
+        outputs = {"surface_temperature": state["surface_temperature"], **diagnostics}
+        if parameters is not None:
+            shape = state["surface_temperature"].shape
+            outputs = {k: v.expand(shape) if v.shape != shape else v for k, v in outputs.items()}
+        return outputs
 
     def layout(self, model: Model) -> ObservationLayout:
         grid = typed_model(model, EBM1D, self.name).grid

@@ -37,6 +37,7 @@ class TwoLayerAdapter(ModelAdapter):
     """
 
     name: ClassVar[str] = "two_layer"
+    batched: ClassVar[bool] = True
     path_options: ClassVar[tuple[str, ...]] = ("forcing_file",)
     simulate_defaults: ClassVar[dict[str, Any]] = {
         "temperature_reference": [1961, 1990],
@@ -81,6 +82,23 @@ class TwoLayerAdapter(ModelAdapter):
         two_layer = typed_model(model, TwoLayerEBM, self.name)
         return self._referenced(two_layer.simulate(), options, required=True)
 
+    def simulate_batch(
+        self, model: Model, parameters: Mapping[str, Tensor], options: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """J rollouts in one call (one batched matrix exponential); outputs ``(J, step)``."""
+        two_layer = typed_model(model, TwoLayerEBM, self.name)
+        count = next(iter(parameters.values())).shape[0]
+        outputs = two_layer.simulate(parameters=dict(parameters))
+        batched = {}
+        for name, series in outputs.items():
+            if name == "time" or name.startswith("final_"):
+                batched[name] = series
+            elif series.dim() == 1:  # not affected by the batched parameters
+                batched[name] = series.expand(count, -1)
+            else:
+                batched[name] = series.movedim(0, -1)  # (step, J) -> (J, step)
+        return self._referenced(batched, options, required=True)
+
     def scenario(self, model: Model, drivers: Any, options: Mapping[str, Any]) -> dict[str, Tensor]:
         """The calibrated model under another forcing (a :class:`ForcingSeries`).
 
@@ -122,9 +140,10 @@ class TwoLayerAdapter(ModelAdapter):
                 f"model.simulate.temperature_reference={[first, last]} lies outside the run "
                 f"({int(years[0])}-{int(years[-1])})."
             )
+        # Time is the last axis (a leading axis holds J parameter sets in simulate_batch).
         for name in ("surface_temperature_anomaly", "deep_ocean_temperature_anomaly"):
             series = outputs[name]
-            outputs[name] = series - series[window].mean()
+            outputs[name] = series - series[..., window].mean(dim=-1, keepdim=True)
         reference = (years == float(settings["heat_reference_year"])).nonzero()
         if reference.numel() != 1 and not required:
             return outputs
@@ -142,7 +161,7 @@ class TwoLayerAdapter(ModelAdapter):
             "ocean_heat_content_zj",
         ):
             if name in outputs:
-                outputs[name] = outputs[name] - outputs[name][index]
+                outputs[name] = outputs[name] - outputs[name][..., index : index + 1]
         return outputs
 
     def layout(self, model: Model) -> ObservationLayout:

@@ -1,6 +1,6 @@
-"""Methods: what updates the parameters of a :class:`~climgrad.calibration.experiment.Problem`.
+"""The gradient method: Adam or L-BFGS on the point-estimate loss.
 
-A method takes one step at a time and knows nothing of the model family. :class:`GradientMethod`
+:class:`GradientMethod`
 is Adam or L-BFGS (``optimizer`` config) on the unconstrained (``raw_``) parameters with a
 learning-rate schedule: one step evaluates the loss and its gradient (L-BFGS: ``max_iter`` inner
 evaluations with a line search) and updates the parameters.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,49 +22,15 @@ from torch import Tensor
 from climgrad.calibration.config import OptimizerConfig
 from climgrad.calibration.experiment import Problem
 from climgrad.calibration.loss import LossTerms
+from climgrad.calibration.methods.base import Method, StepResult, StepSkipped, state_copy
 from climgrad.calibration.optim import build_optimizer, build_schedule
 from climgrad.integrate import EquilibriumError
 from climgrad.params import display_names, physical_gradients, physical_parameters
 
-__all__ = ["GradientMethod", "StepResult", "StepSkipped"]
+__all__ = ["GradientMethod"]
 
 
-class StepSkipped(Exception):
-    """A step was not taken (message: why, e.g. which loss term was not finite)."""
-
-
-@dataclass
-class StepResult:
-    """What a step saw at the point where it evaluated the loss.
-
-    Attributes:
-        terms: The loss terms there.
-        gradient_norms: Norm of the gradient, ``"total"`` over the unconstrained parameters and
-            one per parameter in physical units.
-        parameters: Physical parameter values there (detached), or ``None`` when they are the
-            model's current ones (the observer reads them from the model).
-        state: The model's state dict there (detached copies), a candidate for ``best.pt``, or
-            ``None`` when it is the model's current state.
-        learning_rate: The learning rate of the step.
-    """
-
-    terms: LossTerms
-    gradient_norms: dict[str, float]
-    parameters: dict[str, Tensor] | None
-    state: dict[str, Tensor] | None
-    learning_rate: float
-    loss: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.loss = float(self.terms.total.detach())
-
-
-def state_copy(module: torch.nn.Module) -> dict[str, Tensor]:
-    """Detached copies of ``module.state_dict()``."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-class GradientMethod:
+class GradientMethod(Method):
     """Adam or L-BFGS on the problem's unconstrained parameters, with a schedule.
 
     Args:
