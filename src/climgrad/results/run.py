@@ -7,6 +7,12 @@ any working directory::
     run.params, run.history, run.compare()                       # xarray, pandas, xarray
     run.simulate(B=2.0)                                          # a what-if on the obs grid
 
+A run of a posterior method (``method=uki|laplace|nuts|eki|hybrid``) also gives its posterior::
+
+    run.posterior, run.posterior_info                            # draws (xarray), diagnostics
+    run.simulate(samples=200)                                    # + <name>_q05/_q50/_q95 bands
+    run.plot_posterior(), run.derived_interval("ecs")            # corner plot, (median, lo, hi)
+
 :func:`load_run` reads the checkpoint with ``torch.load(weights_only=True)`` (no code is
 unpickled), takes the resolved config from the YAML string it holds, and rebuilds model,
 observations and loss with :func:`~climgrad.calibration.experiment.build_experiment`, exactly as
@@ -23,7 +29,7 @@ import tempfile
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -38,6 +44,7 @@ from climgrad.calibration.config import CalibrateConfig
 from climgrad.calibration.errors import CalibrationError
 from climgrad.calibration.experiment import Problem, build_experiment, resolve_device
 from climgrad.calibration.outputs import write_params
+from climgrad.calibration.posterior import MEMBER_FAILURES
 from climgrad.data import ObservationError
 from climgrad.data.drivers import forcing_series
 from climgrad.integrate import EquilibriumError, continuation
@@ -51,6 +58,18 @@ if TYPE_CHECKING:
 __all__ = ["Run", "load_run"]
 
 _HISTORY_COLUMNS = ["step", "tag", "value"]
+#: Methods that write ``posterior.nc`` (``cmaes`` and ``gradient`` give a point estimate only).
+POSTERIOR_METHODS = ("uki", "laplace", "nuts", "eki", "hybrid")
+#: Quantiles of the predictive bands of :meth:`Run.simulate` (``samples=``).
+BAND_QUANTILES = {"q05": 0.05, "q50": 0.5, "q95": 0.95}
+#: Short names :meth:`Run.derived_interval` accepts for derived quantities.
+DERIVED_ALIASES = {
+    "ecs": "equilibrium_climate_sensitivity_K",
+    "tcr": "transient_climate_response_K",
+    "gmst": "global_mean_surface_temperature_K",
+}
+#: Posterior draws a batched adapter simulates in one call (bounds the memory of big ``samples``).
+_BATCH_CHUNK = 512
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -108,6 +127,26 @@ def _structured_config(
     return merged, config
 
 
+def _read_group(path: Path, group: str | None) -> xr.Dataset:
+    """One group of a NetCDF-4 file (the root for ``None``), loaded into memory, file closed."""
+    with xr.open_dataset(path, group=group, engine="netcdf4") as dataset:
+        return dataset.load()
+
+
+def _attribute_value(value: Any) -> Any:
+    """A NetCDF attribute as a plain Python value (JSON texts of ``write_posterior`` parsed)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _history(tb_dir: Path) -> pd.DataFrame:
     """Every TensorBoard scalar under ``tb_dir`` as rows ``(step, tag, value)``."""
     if not tb_dir.is_dir():
@@ -149,8 +188,16 @@ class Run:
             observation grid, ``device`` and the run's dtype.
         observations: The same as an xarray Dataset (``<name>``, ``<name>_error``,
             ``<name>_weights``; NaN where masked).
-        params: Calibrated parameters (:attr:`params`).
+        params: Calibrated parameters (:attr:`params`); a posterior run's ``params.nc`` also
+            holds ``<name>_sd``, ``<name>_q05``/``_q50``/``_q95`` and ``correlation``.
         metrics: ``metrics.json`` (``None`` for a run still in progress).
+        method: The calibration method (``method.name``: ``gradient``, ``uki``, ``laplace``,
+            ``nuts``, ``eki``, ``hybrid``, ``cmaes``).
+
+    A run of a posterior method (``uki``, ``laplace``, ``nuts``, ``eki``, ``hybrid``) also has
+    :attr:`posterior`, :attr:`derived_posterior`, :attr:`posterior_info`,
+    :meth:`plot_posterior`, :meth:`derived_interval` and predictive bands
+    (``simulate(samples=N)``); on other runs these raise a one-line :class:`RunError`.
     """
 
     def __init__(
@@ -171,6 +218,7 @@ class Run:
         self.config_yaml = str(payload["config"])
         self.config, self._config = _structured_config(self.config_yaml, checkpoint, data_dir)
         self.overrides = overrides(run_dir, payload.get("overrides", []))
+        self.method = str(self._config.method.name)
         self.device = device
         self.problem = self._build()
         self.adapter: ModelAdapter = self.problem.adapter
@@ -249,29 +297,141 @@ class Run:
         """
         return _history(self.run_dir / "tb")
 
+    def _parameter_names(self) -> list[str]:
+        """The model's parameters in ``params.nc`` (not the posterior summaries beside them)."""
+        return [str(name) for name, v in self.params.data_vars.items() if "learnable" in v.attrs]
+
     def parameter_table(self) -> pd.DataFrame:
-        """One row per parameter: calibrated and initial values, units, bounds, learnable."""
+        """One row per parameter: calibrated and initial values, units, bounds, learnable.
+
+        For a posterior run, also the columns ``sd`` (posterior standard deviation) and
+        ``q05``, ``q50``, ``q95`` (5/50/95 % posterior quantiles), in the parameter's units;
+        NaN for parameters that were not learnt. Field parameters hold arrays.
+        """
+        spread = ("sd", *BAND_QUANTILES)
+        posterior = any(f"{name}_sd" in self.params for name in self._parameter_names())
         rows = []
-        for name, variable in self.params.data_vars.items():
+        for name in self._parameter_names():
+            variable = self.params[name]
             values = np.asarray(variable.values)
             initial = variable.attrs.get("initial_value")
-            rows.append(
-                {
-                    "parameter": str(name),
-                    "calibrated": float(values) if values.size == 1 else values,
-                    "initial": (
-                        float(np.asarray(initial).reshape(-1)[0])
-                        if initial is not None and np.asarray(initial).size == 1
-                        else initial
-                    ),
-                    "units": variable.attrs.get("units", ""),
-                    "valid_min": variable.attrs.get("valid_min", -math.inf),
-                    "valid_max": variable.attrs.get("valid_max", math.inf),
-                    "learnable": bool(variable.attrs.get("learnable", 0)),
-                    "long_name": variable.attrs.get("long_name", str(name)),
-                }
-            )
+            row: dict[str, Any] = {
+                "parameter": name,
+                "calibrated": float(values) if values.size == 1 else values,
+                "initial": (
+                    float(np.asarray(initial).reshape(-1)[0])
+                    if initial is not None and np.asarray(initial).size == 1
+                    else initial
+                ),
+                "units": variable.attrs.get("units", ""),
+                "valid_min": variable.attrs.get("valid_min", -math.inf),
+                "valid_max": variable.attrs.get("valid_max", math.inf),
+                "learnable": bool(variable.attrs.get("learnable", 0)),
+                "long_name": variable.attrs.get("long_name", name),
+            }
+            if posterior:
+                for suffix in spread:
+                    summary = self.params.get(f"{name}_{suffix}")
+                    if summary is None:
+                        row[suffix] = math.nan
+                    else:
+                        array = np.asarray(summary.values)
+                        row[suffix] = float(array) if array.size == 1 else array
+            rows.append(row)
         return pd.DataFrame(rows).set_index("parameter")
+
+    # -- posterior ------------------------------------------------------------------------
+
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the run wrote ``posterior.nc`` (methods ``uki``, ``laplace``, ``nuts``,
+        ``eki``, ``hybrid``)."""
+        return (self.run_dir / "posterior.nc").is_file()
+
+    def _posterior_file(self, what: str = "posterior") -> Path:
+        path = self.run_dir / "posterior.nc"
+        if path.is_file():
+            return path
+        if self.method in POSTERIOR_METHODS:
+            raise RunError(
+                f"{what}: this run (method={self.method}) has no posterior.nc yet (a run in "
+                "progress, or one stopped before its posterior was drawn); load it again when "
+                "the run has finished."
+            )
+        raise RunError(
+            f"{what}: this run has no posterior (method={self.method}); calibrate with "
+            "method=uki, laplace, nuts, eki or hybrid."
+        )
+
+    @cached_property
+    def posterior(self) -> xr.Dataset:
+        """Posterior draws of the learnt parameters (``posterior.nc``, group ``posterior``).
+
+        Returns:
+            One variable per learnt parameter in physical units (attribute ``units``), dims
+            ``chain`` and ``draw`` (and ``<name>_dim_0`` for fields). An ensemble (EKI) is one
+            chain of its members; a Gaussian posterior (UKI, Laplace, hybrid) one chain of
+            ``method.posterior_draws`` draws. Attributes: the method and its diagnostics (see
+            :attr:`posterior_info`). Read once, then cached (no file is kept open).
+
+        Raises:
+            RunError: The run has no posterior (a ``gradient`` or ``cmaes`` run).
+        """
+        posterior = _read_group(self._posterior_file("run.posterior"), "posterior")
+        posterior.attrs.pop("config", None)  # the run's config: Run.config_yaml
+        return posterior
+
+    @cached_property
+    def derived_posterior(self) -> xr.Dataset:
+        """Derived quantities at a thinned subset of the posterior draws (``method.derived_draws``
+        model solves): e.g. ``equilibrium_climate_sensitivity_K`` and
+        ``transient_climate_response_K`` (K) for ``two_layer``,
+        ``global_mean_surface_temperature_K`` (K) for ``ebm1d``; dims ``chain``, ``draw``.
+
+        An empty Dataset where the run computed none (``method.derived_draws=0``).
+
+        Raises:
+            RunError: The run has no posterior.
+        """
+        path = self._posterior_file("run.derived_posterior")
+        import netCDF4
+
+        with netCDF4.Dataset(path) as handle:
+            present = "derived_posterior" in handle.groups
+        return _read_group(path, "derived_posterior") if present else xr.Dataset()
+
+    @cached_property
+    def posterior_info(self) -> dict[str, Any]:
+        """What ``posterior.nc`` says of its posterior (its root attributes, as plain values).
+
+        Returns:
+            ``{"method": "uki", "kind": "gaussian" | "ensemble" | "mcmc", "chains": int,
+            "draws": int (per chain), "experiment", "source", "created_at",
+            "diagnostics": {name: value} (iterations, model solves, ESS, R-hat, ...),
+            "likelihood": {observation: error model}, "prior": {parameter: prior}}``.
+
+        Raises:
+            RunError: The run has no posterior.
+        """
+        root = _read_group(self._posterior_file("run.posterior_info"), None).attrs
+        info: dict[str, Any] = {
+            "method": str(root.get("method", self.method)),
+            "kind": str(root.get("posterior_kind", "")),
+            "chains": int(self.posterior.sizes.get("chain", 0)),
+            "draws": int(self.posterior.sizes.get("draw", 0)),
+            "experiment": str(root.get("experiment", "")),
+            "source": str(root.get("source", "")),
+            "created_at": str(root.get("created_at", "")),
+            "diagnostics": {},
+            "likelihood": {},
+            "prior": {},
+        }
+        for key, value in root.items():
+            for prefix in ("diagnostic", "likelihood", "prior"):
+                if key.startswith(prefix + "_"):
+                    group = "diagnostics" if prefix == "diagnostic" else prefix
+                    info[group][key[len(prefix) + 1 :]] = _attribute_value(value)
+        return info
 
     def __repr__(self) -> str:
         return (
@@ -295,7 +455,7 @@ class Run:
                 except KeyError:
                     raise RunError(
                         f"simulate: {name!r} is not a parameter of the {self._config.model.name} "
-                        f"model; its parameters are {', '.join(map(str, self.params.data_vars))} "
+                        f"model; its parameters are {', '.join(self._parameter_names())} "
                         "(physical units, as in Run.params)."
                     ) from None
                 except ValueError as err:
@@ -388,9 +548,14 @@ class Run:
         /,
         *,
         forcing: Any = None,
+        samples: int | None = None,
+        seed: int | None = 0,
         **param_overrides: Any,
     ) -> xr.Dataset:
         """Run the model as the experiment does (equilibrium or rollout) on the observation grid.
+
+        With ``samples=N`` (posterior runs), the model is also run at N posterior draws and each
+        variable gets a predictive band from parameter uncertainty (see ``samples``).
 
         Args:
             overrides: Parameter values by name, physical units (see :meth:`outputs`).
@@ -399,6 +564,18 @@ class Run:
                 pandas DataFrame (agents as columns) or Series (total) indexed by year, in W m-2
                 (:func:`climgrad.data.drivers.forcing_series`). The result is then every model
                 series over the scenario's years (see :meth:`scenario`).
+            samples: Posterior draws to run the model at (posterior runs only; ``None`` or 0:
+                none). For each variable ``<name>`` the result then also holds ``<name>_q05``,
+                ``<name>_q50`` and ``<name>_q95``: the 5/50/95 % quantiles, element by element,
+                of the model at those draws, on the same dimensions and in the same units. The
+                band is the spread from **parameter uncertainty only**; observation noise is
+                not included (it is no prediction interval for new observations). All draws
+                are used where the posterior has no more than ``samples``. Models with a batched
+                solver (``ebm1d``, ``two_layer``) solve the draws in one call; others one by
+                one (``samples`` model solves). Draws the model cannot solve are left out
+                (attribute ``posterior_samples_failed``).
+            seed: How the ``samples`` draws are picked: at random without replacement, from a
+                generator seeded with ``seed`` (reproducible); ``None``: evenly thinned.
             **param_overrides: More parameter values, e.g. ``simulate(B=2.0)``; none gives the
                 calibrated model.
 
@@ -407,11 +584,32 @@ class Run:
             dimensions and coordinates), attributes ``model_output`` and ``long_name``; the
             Dataset's attributes hold the parameter values used (``parameter_<name>`` for
             scalars), the overrides, and the adapter's derived scalars (e.g. ECS, global mean
-            temperature).
+            temperature). The variables are the model at the calibrated parameters (the point
+            estimate: the best step, the UKI/EKI mean, the MAP), also with ``samples``. With
+            ``samples``, the bands above and attributes ``posterior_samples`` (draws solved),
+            ``posterior_samples_failed``, ``posterior_samples_requested``,
+            ``posterior_sampling``, ``posterior_draw_index`` (flat indices ``chain * draws +
+            draw`` into :attr:`posterior` of the draws solved), ``posterior_method`` and
+            ``band``.
+
+        Raises:
+            RunError: Unknown parameters or values out of bounds; ``samples`` on a run without
+                a posterior, or together with overrides or ``forcing``; no draw solves.
         """
         settings = {**dict(overrides or {}), **param_overrides}
+        if samples is not None and int(samples) < 0:
+            raise RunError(f"simulate: samples={samples}; pass a number of posterior draws >= 1.")
+        if samples and (settings or forcing is not None):
+            raise RunError(
+                "simulate: samples=... gives bands around the calibrated model and takes no "
+                "parameter overrides or forcing; call simulate(samples=N) and the what-if "
+                "separately."
+            )
         if forcing is not None:
             return self.scenario(forcing, settings)
+        if samples:
+            self._posterior_file("simulate(samples=...)")
+        band = self._predictive_band(int(samples), seed) if samples else None
         outputs, derived, parameters = self._evaluate(settings)
         variables = {}
         for name, observed in self.observation_set.items():
@@ -440,7 +638,136 @@ class Run:
             if value.numel() == 1:
                 attrs[f"parameter_{name}"] = float(value)
         attrs.update({k: float(v) for k, v in derived.items()})
+        if band is not None:
+            quantiles, band_attrs = band
+            for name in list(variables):
+                point = variables[name]
+                for suffix, values in quantiles[name].items():
+                    percent = suffix[1:]
+                    variables[f"{name}_{suffix}"] = point.copy(data=values).assign_attrs(
+                        long_name=(
+                            f"{percent} % quantile of model {point.attrs['model_output']} over "
+                            f"{band_attrs['posterior_samples']} posterior draws (parameter "
+                            "uncertainty only)"
+                        )
+                    )
+            attrs.update(band_attrs)
         return xr.Dataset(variables, attrs=attrs)
+
+    def _posterior_sample(
+        self, samples: int, seed: int | None
+    ) -> tuple[dict[str, Tensor], str, np.ndarray]:
+        """``samples`` draws of the learnt parameters (physical, ``name -> (J, *shape)``), how
+        they were picked, and their flat indices (``chain * draws_per_chain + draw``)."""
+        posterior = self.posterior
+        names = [str(name) for name in posterior.data_vars]
+        total = int(posterior.sizes["chain"] * posterior.sizes["draw"])
+        count = min(samples, total)
+        if count == total:
+            index = np.arange(total)
+            how = f"all {total} draws"
+        elif seed is None:
+            index = np.unique(np.linspace(0, total - 1, count).round().astype(np.int64))
+            how = f"{count} of {total} draws, evenly thinned"
+        else:
+            generator = np.random.default_rng(seed)
+            index = np.sort(generator.choice(total, size=count, replace=False))
+            how = f"{count} of {total} draws, at random (seed={seed})"
+        draws = {}
+        for name in names:
+            variable = posterior[name].transpose("chain", "draw", ...)
+            flat = np.asarray(variable.values).reshape(total, *variable.shape[2:])
+            draws[name] = torch.as_tensor(flat[index], dtype=self.dtype, device=self.device)
+        return draws, how, index
+
+    def _draw_outputs(self, draws: Mapping[str, Tensor]) -> list[dict[str, np.ndarray] | None]:
+        """The observed model outputs at each draw (flat float64 arrays), ``None`` where the
+        model does not solve; the model keeps its calibrated parameters."""
+        wanted = {observed.model_output for observed in self.observation_set.values()}
+        count = next(iter(draws.values())).shape[0]
+
+        def finite(outputs: Mapping[str, Tensor], row: int | None) -> dict[str, np.ndarray] | None:
+            member = {}
+            for key in wanted:
+                value = outputs[key] if row is None else outputs[key][row]
+                array = value.detach().double().cpu().numpy().reshape(-1)
+                if not np.all(np.isfinite(array)):
+                    return None
+                member[key] = array
+            return member
+
+        def batch(part: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+            try:
+                with torch.no_grad():
+                    return self.adapter.simulate_batch(self.model, part, self.simulate_options)
+            except MEMBER_FAILURES:
+                return None
+
+        results: list[dict[str, np.ndarray] | None] = []
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            if self.adapter.batched:
+                for start in range(0, count, _BATCH_CHUNK):
+                    part = {k: v[start : start + _BATCH_CHUNK] for k, v in draws.items()}
+                    size = next(iter(part.values())).shape[0]
+                    outputs = batch(part)
+                    if outputs is not None:
+                        results.extend(finite(outputs, j) for j in range(size))
+                        continue
+                    for j in range(size):  # find the members that fail, one by one
+                        single = batch({k: v[j : j + 1] for k, v in part.items()})
+                        results.append(None if single is None else finite(single, 0))
+            else:
+                for j in range(count):
+                    try:
+                        configure_parameters(
+                            self.model, {k: {"value": v[j]} for k, v in draws.items()}
+                        )
+                        results.append(finite(self._solve(), None))
+                    except MEMBER_FAILURES:
+                        results.append(None)
+                    finally:
+                        self.model.load_state_dict(saved)
+        finally:
+            self.model.load_state_dict(saved)
+        return results
+
+    def _predictive_band(
+        self, samples: int, seed: int | None
+    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+        """Quantiles ``name -> {"q05": array, ...}`` (observation shapes) of the model at
+        ``samples`` posterior draws, and the attributes that describe them."""
+        draws, how, index = self._posterior_sample(samples, seed)
+        results = self._draw_outputs(draws)
+        solved = [member for member in results if member is not None]
+        if not solved:
+            raise RunError(
+                f"simulate(samples={samples}): the model solves at none of the "
+                f"{len(results)} posterior draws; check the run's posterior (run.posterior)."
+            )
+        quantiles: dict[str, dict[str, np.ndarray]] = {}
+        for name, observed in self.observation_set.items():
+            shape = self.observations[name].shape
+            stacked = np.stack([member[observed.model_output] for member in solved])
+            levels = np.quantile(stacked, list(BAND_QUANTILES.values()), axis=0)
+            quantiles[name] = {
+                suffix: level.reshape(shape) for suffix, level in zip(BAND_QUANTILES, levels)
+            }
+        attrs = {
+            "posterior_samples": len(solved),
+            "posterior_samples_failed": len(results) - len(solved),
+            "posterior_samples_requested": samples,
+            "posterior_sampling": how,
+            "posterior_draw_index": np.array(
+                [i for i, member in zip(index, results) if member is not None], dtype=np.int64
+            ),
+            "posterior_method": self.method,
+            "band": (
+                "<name>_q05/_q50/_q95: 5/50/95 % quantiles of the model at posterior draws of "
+                "the parameters (parameter uncertainty only; observation noise not included)"
+            ),
+        }
+        return quantiles, attrs
 
     def scenario(self, forcing: Any, overrides: Mapping[str, Any] | None = None) -> xr.Dataset:
         """The calibrated model under a new forcing series (``run.simulate(forcing=...)``).
@@ -501,13 +828,88 @@ class Run:
         """
         return self._evaluate({**dict(overrides or {}), **param_overrides})[1]
 
-    def ecs(self) -> float:
-        """Equilibrium climate sensitivity in K (models that define it, e.g. ``two_layer``)."""
+    @overload
+    def ecs(self, interval: Literal[False] = ...) -> float: ...
+
+    @overload
+    def ecs(self, interval: Literal[True], level: float = ...) -> tuple[float, float, float]: ...
+
+    def ecs(self, interval: bool = False, level: float = 0.9) -> float | tuple[float, float, float]:
+        """Equilibrium climate sensitivity in K (models that define it, e.g. ``two_layer``).
+
+        Args:
+            interval: Return ``(median, low, high)`` over the posterior instead (posterior
+                runs; :meth:`derived_interval`).
+            level: The interval's probability (default 0.9: the 5-95 % interval).
+        """
+        if interval:
+            self._posterior_file("ecs(interval=True)")
+            return self.derived_interval("equilibrium_climate_sensitivity_K", level)
         return self._model_scalar("ecs")
 
-    def tcr(self) -> float:
-        """Transient climate response in K (models that define it, e.g. ``two_layer``)."""
+    @overload
+    def tcr(self, interval: Literal[False] = ...) -> float: ...
+
+    @overload
+    def tcr(self, interval: Literal[True], level: float = ...) -> tuple[float, float, float]: ...
+
+    def tcr(self, interval: bool = False, level: float = 0.9) -> float | tuple[float, float, float]:
+        """Transient climate response in K (models that define it, e.g. ``two_layer``).
+
+        Args:
+            interval: Return ``(median, low, high)`` over the posterior instead (posterior
+                runs; :meth:`derived_interval`).
+            level: The interval's probability (default 0.9: the 5-95 % interval).
+        """
+        if interval:
+            self._posterior_file("tcr(interval=True)")
+            return self.derived_interval("transient_climate_response_K", level)
         return self._model_scalar("tcr")
+
+    def derived_interval(self, name: str, level: float = 0.9) -> tuple[float, float, float]:
+        """Posterior median and central interval of a derived quantity.
+
+        Args:
+            name: A variable of :attr:`derived_posterior` (e.g.
+                ``"equilibrium_climate_sensitivity_K"``) or a short name: ``"ecs"``, ``"tcr"``,
+                ``"gmst"`` (global mean surface temperature).
+            level: Probability of the central interval, in (0, 1): 0.9 gives the 5 % and 95 %
+                quantiles.
+
+        Returns:
+            ``(median, low, high)`` in the quantity's units (K for the three above), over the
+            ``method.derived_draws`` thinned posterior draws the run solved (parameter
+            uncertainty only).
+
+        Raises:
+            RunError: No posterior, or no such derived quantity (the message lists those there
+                are and how to get them).
+        """
+        if not 0.0 < level < 1.0:
+            raise RunError(f"derived_interval: level={level}; pass a probability in (0, 1).")
+        self._posterior_file("derived_interval")
+        derived = self.derived_posterior
+        key = DERIVED_ALIASES.get(name.lower(), name)
+        if key not in derived:
+            there = ", ".join(map(str, derived.data_vars))
+            raise RunError(
+                f"derived_interval: the run's posterior has no {key!r} "
+                + (
+                    f"(it has {there})."
+                    if there
+                    else "(no derived quantities: rerun with method.derived_draws=200 or more)."
+                )
+            )
+        values = np.asarray(derived[key].values, dtype=np.float64).reshape(-1)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise RunError(
+                f"derived_interval: every posterior draw of {key!r} is NaN (not defined at the "
+                "draws, e.g. no ice edge)."
+            )
+        tail = (1.0 - level) / 2.0
+        low, median, high = np.quantile(values, [tail, 0.5, 1.0 - tail])
+        return float(median), float(low), float(high)
 
     def _model_scalar(self, name: str) -> float:
         method = getattr(self.model, name, None)
@@ -578,21 +980,96 @@ class Run:
                 variable.attrs.pop(drop, None)
         return xr.Dataset(variables, attrs=attrs)
 
-    def plot(self, simulation: xr.Dataset | None = None) -> dict[str, Figure]:
-        """Figures: ``"fit"`` (model against observations) and ``"parameters"`` (trajectories).
+    def plot(
+        self, simulation: xr.Dataset | None = None, *, samples: int | None = None
+    ) -> dict[str, Figure]:
+        """Figures: ``"fit"`` (model against observations) and ``"parameters"`` (trajectories);
+        for a posterior run also ``"posterior"`` (:meth:`plot_posterior`).
 
         Args:
-            simulation: A what-if from :meth:`simulate`, drawn beside the calibrated model.
+            simulation: A what-if from :meth:`simulate`, drawn beside the calibrated model; or a
+                ``simulate(samples=N)`` result, whose bands are shaded around the model.
+            samples: Posterior draws for the fit's predictive band (see :meth:`plot_fit`).
 
         Returns:
-            ``{"fit": Figure, "parameters": Figure}`` (matplotlib; show them in a notebook by
-            leaving one as a cell's value, save with ``figure.savefig``).
+            ``{"fit": Figure, "parameters": Figure}`` (and ``"posterior"``; matplotlib; show
+            them in a notebook by leaving one as a cell's value, save with ``figure.savefig``).
         """
-        return {"fit": self.plot_fit(simulation), "parameters": self.plot_parameters()}
+        figures = {
+            "fit": self.plot_fit(simulation, samples=samples),
+            "parameters": self.plot_parameters(),
+        }
+        if self.has_posterior and any(v.ndim == 2 for v in self.posterior.data_vars.values()):
+            figures["posterior"] = self.plot_posterior()
+        return figures
 
-    def plot_fit(self, simulation: xr.Dataset | None = None) -> Figure:
-        """One panel per observed variable (see :func:`climgrad.results.plots.plot_fit`)."""
-        return plots.plot_fit(self, simulation)
+    def plot_fit(
+        self, simulation: xr.Dataset | None = None, *, samples: int | None = None
+    ) -> Figure:
+        """One panel per observed variable (see :func:`climgrad.results.plots.plot_fit`).
+
+        The model's 5-95 % predictive band from parameter uncertainty (not observation noise)
+        is shaded behind its line where there is one: from ``simulation`` when it is a
+        ``simulate(samples=N)`` result, else from ``simulate(samples=samples)``. ``samples``
+        defaults, on a posterior run plotted without ``simulation``, to 200 draws for models
+        with a batched solver (``ebm1d``, ``two_layer``: one call) and 50 for others (one
+        solve each); ``samples=0`` draws no band. Without a posterior there is no band (and
+        ``samples`` > 0 is an error).
+        """
+        band: xr.Dataset | None = None
+        if simulation is not None and plots.has_band(simulation):
+            band, simulation = simulation, None
+        else:
+            if samples is None:
+                default = 200 if self.adapter.batched else 50
+                samples = default if simulation is None and self.has_posterior else 0
+            if samples:
+                band = self.simulate(samples=samples)
+        return plots.plot_fit(self, simulation, band=band)
+
+    def plot_posterior(self, parameters: list[str] | tuple[str, ...] | None = None) -> Figure:
+        """Pairwise (corner) plot of the posterior of learnt scalar parameters.
+
+        See :func:`climgrad.results.plots.plot_posterior`: histograms on the diagonal (titled
+        with the median and 5-95 % interval), draws below it, the point estimate (red) and,
+        for a twin experiment, the truth (green); physical units.
+
+        Args:
+            parameters: Names from :attr:`posterior` (default: every scalar one).
+
+        Raises:
+            RunError: No posterior, an unknown name, or a field parameter.
+        """
+        self._posterior_file("plot_posterior")
+        posterior = self.posterior
+        scalars = [str(n) for n, v in posterior.data_vars.items() if v.ndim == 2]
+        names = list(scalars if parameters is None else parameters)
+        for name in names:
+            if name not in posterior:
+                raise RunError(
+                    f"plot_posterior: {name!r} is not a learnt parameter of this run; the "
+                    f"posterior has {', '.join(map(str, posterior.data_vars))}."
+                )
+            if name not in scalars:
+                variable = posterior[name]
+                elements = math.prod(variable.sizes[d] for d in variable.dims[2:])
+                raise RunError(
+                    f"plot_posterior: {name!r} is a field ({elements} elements) and "
+                    "plot_posterior draws scalar parameters; plot the field's draws from "
+                    f"run.posterior[{name!r}]."
+                )
+        if not names:
+            raise RunError(
+                "plot_posterior: the run learnt no scalar parameter; plot the fields' draws "
+                "from run.posterior."
+            )
+        truth: dict[str, float] = {}
+        if self._config.data.kind == "twin":
+            for key, value in dict(self._config.data.truth).items():
+                if np.asarray(value).size == 1:
+                    truth[str(key)] = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+        point = {name: float(np.asarray(self.params[name].values)) for name in names}
+        return plots.plot_posterior(self, names, point=point, truth=truth)
 
     def plot_parameters(self) -> Figure:
         """Loss and learnt parameters by step (:func:`climgrad.results.plots.plot_parameters`)."""
