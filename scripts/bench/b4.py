@@ -11,11 +11,25 @@ Twin calibrations of :class:`climgrad.models.EBM1D` in float64, variant ``P = 3`
     search, ``ftol = gtol = 0`` and no bounds, so that only the success criterion (checked on the
     iterate after every iteration, through the callback) or the budget stops it.
 ``eki_J<J>``
-    Ensemble Kalman inversion with perturbed observations, the update of B4.3(b), vectorised
-    (numpy).
+    Ensemble Kalman inversion with perturbed observations, the update of B4.3(b):
+    :class:`climgrad.inference.kalman.EKI` with ``variant="finite_time"`` and the fixed step
+    ``step=1.0`` (Δt = 1), initial ensemble from N(1, 0.1² I), Γ = diag(σ²). Finite-time EKI
+    stops at algorithm time 1 (there it approximates the posterior; it is not an optimiser), so
+    the update is *repeated* past t = 1 (``max_time`` = the iteration cap of B4.2), as the
+    "Inversion" process of EnsembleKalmanProcesses does; not the Tikhonov variant.
+``uki``
+    Unscented Kalman inversion, :class:`climgrad.inference.kalman.UKI` with its defaults (α = 1,
+    Σ_ω = C_n: for linear G the posterior is its fixed point), prior N(1, 0.1² I) in u (the
+    prior is in UKI's augmented system; Φ of B4 has none), 2P + 1 sigma points per iteration in
+    one batched solve; success on its mean. Not in B4.3; cap = CMA-ES's in solves.
+``hybrid_uki<k>``
+    ``k`` UKI iterations as ``uki`` (default k = 2), then the ``lbfgs`` optimiser below from the
+    UKI mean; stops at success (during the warm start too). Not in B4.3.
 ``cmaes``
-    CMA-ES (the ``cma`` package, ask/tell), σ₀ = 0.1, default population, objective Φ; its own
-    termination criteria are switched off so that only success or the budget stops it.
+    CMA-ES, :class:`climgrad.inference.cmaes.CMAES` (the ``cma`` package, ask/tell) with its own
+    generator seeded by the run's seed, σ₀ = 0.1, default population, objective Φ; ``cma``'s
+    termination criteria are switched off (``options=``) so that only success or the budget stop
+    it.
 ``lbfgs_fd``
     The same L-BFGS-B with forward-difference gradients, absolute step 1e-8 in u (P + 1 solves per
     gradient, no reverse pass).
@@ -23,8 +37,10 @@ Twin calibrations of :class:`climgrad.models.EBM1D` in float64, variant ``P = 3`
 **Normalised coordinates.** Every method works on u = θ/θ₀ (B4.2). :class:`Twin` passes
 θ = u θ₀ to the model in physical units (``EBM1D.equilibrium(parameters=...)``), as a leaf
 tensor whose gradient ∂Φ/∂θ comes back through the model's implicit differentiation; ∂Φ/∂u =
-θ₀ ∂Φ/∂θ. EKI and CMA-ES evaluate their ensemble or population in one batched solve (each member
-counts as one solve; a batch with a failed row is re-solved member by member).
+θ₀ ∂Φ/∂θ. EKI, UKI and CMA-ES evaluate their ensemble, sigma points or population with
+``EBM1D.equilibrium(parameters=...)`` in one batched solve (each member counts as one solve; a
+batch with a failed row is re-solved member by member). The Kalman methods get G (the 180
+observables) and Γ = diag(σ_T², σ_R²) (B3.4), i.e. the Gaussian likelihood whose negative log is Φ.
 
 **Failed evaluations.** A u with a non-positive or non-finite θ cannot be written into the model
 (A, B, D are positive by construction); a solve where Newton's method does not reach the tolerance
@@ -33,14 +49,18 @@ Solves that fail still count as solves (the work was done); rejected u (no solve
 counted separately. Each method handles them as follows: Adam stops (a failure of the run; it
 cannot step without a gradient); L-BFGS-B receives Φ = +inf with a zero gradient (meant as a
 rejected line-search trial point; no L-BFGS run in the measured protocol met a failed evaluation,
-so how scipy's line search recovers from it is untested); EKI drops failed members from the
-covariances and re-draws them from a Gaussian fitted to the updated successful members (the
-``SampleSuccGauss`` failure handler of EnsembleKalmanProcesses); CMA-ES receives Φ = +inf, which
-ranks the member last.
+so how scipy's line search recovers from it is untested); EKI (the library's handling) drops
+failed members from the covariances and re-draws them from a Gaussian fitted to the updated
+successful members (the ``SampleSuccGauss`` failure handler of EnsembleKalmanProcesses); UKI
+cannot drop a sigma point, so a failed one ends the run (failure); CMA-ES receives Φ = +inf,
+which the library ranks last.
 
 **Reporting.** Final Φ is evaluated at the final estimate after the run, outside the counts and the
-wall time. ``--time-limit`` (seconds, per run) is an addition to the protocol for the shared
-machine: a run stopped by it is reported as ``stopped: time limit``, not as a failure.
+wall time. :func:`solve_ratios` divides the solves to success of EKI, CMA-ES and UKI by those of
+``lbfgs`` and of the hybrid (the issue's target: at least 10 at P = 3, 30 at P = 91).
+``--time-limit`` (seconds, per run) is an addition to the protocol for the shared machine: a run
+stopped by it is reported as ``stopped: time limit``, not as a failure. ``--quick``: 2 seeds and
+1 run per method, a check rather than the protocol.
 """
 
 from __future__ import annotations
@@ -57,8 +77,10 @@ from typing import Any
 import common
 import numpy as np
 import torch
+from scipy.optimize import minimize
 from torch import Tensor
 
+from climgrad.inference.kalman import EKI, UKI, EnsembleFailure
 from climgrad.integrate import EquilibriumError
 from climgrad.models import EBM1D
 from climgrad.params import ParameterInfo, display_names
@@ -79,8 +101,16 @@ LBFGS_EVALUATIONS = 3000
 EKI_ITERATIONS = {(3, 10): 300, (91, 100): 100, (91, 200): 50}
 EKI_ENSEMBLES = {3: (10,), 91: (100, 200)}
 CMAES_SOLVES = {3: 5000, 91: 40000}
-EKI_INITIAL_SPREAD = 0.1
+#: UKI is not in B4.2; its cap (in solves) is CMA-ES's: 714 iterations (P = 3), 218 (P = 91).
+UKI_SOLVES = CMAES_SOLVES
+#: B4.3(b): EKI's initial ensemble u ~ N(1, 0.1² I); also UKI's prior (and initial covariance).
+PRIOR_SD = 0.1
 CMAES_SIGMA = 0.1
+#: UKI iterations before the L-BFGS-B polish of the hybrid method.
+HYBRID_WARM_ITERATIONS = 2
+#: Target of the issue: gradient-based (L-BFGS, hybrid) solves at least this many times fewer
+#: than EKI's and CMA-ES's.
+SOLVE_RATIO_TARGETS = {3: 10.0, 91: 30.0}
 
 #: B4.5 reference values.
 U_TRUE_P3 = (1.10526315789, 1.11111111111, 1.23333333333)
@@ -176,6 +206,16 @@ class Twin:
         self.error_scale = torch.cat([SIGMA_TEMPERATURE * ones, SIGMA_OLR * ones])
         self.counters = Counters()
         self.paused = False
+
+    @property
+    def data(self) -> Tensor:
+        """y, the 180 observations (90 temperatures in K, then 90 OLR in W m-2), float64."""
+        return self.observations.double()
+
+    @property
+    def noise_variance(self) -> Tensor:
+        """The diagonal of Γ: σ_T² for the temperatures, σ_R² for OLR (B3.4), float64."""
+        return self.error_scale.double() ** 2
 
     @property
     def size(self) -> int:
@@ -446,16 +486,15 @@ def run_adam(twin: Twin, learning_rate: float, time_limit: float | None = None) 
     )
 
 
-def run_lbfgs(
-    twin: Twin, finite_differences: bool = False, time_limit: float | None = None
-) -> RunResult:
-    """scipy L-BFGS-B (history 10, tolerances 0), exact or forward-difference gradients."""
-    from scipy.optimize import minimize
+def _lbfgs(
+    twin: Twin, start: np.ndarray, finite_differences: bool, clock: _Clock
+) -> tuple[bool, str, int, np.ndarray]:
+    """scipy L-BFGS-B from ``start`` on the counters and clock already running.
 
-    twin.reset()
+    Returns (success, stopped, iterations, final u).
+    """
     size = twin.size
-    state: dict[str, Any] = {"evaluations": 0, "iterations": 0, "u": np.ones(size)}
-    clock = _Clock(time_limit)
+    state: dict[str, Any] = {"evaluations": 0, "iterations": 0, "u": np.array(start, dtype=float)}
 
     def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
         clock.check()
@@ -487,7 +526,7 @@ def run_lbfgs(
     try:
         result = minimize(
             objective,
-            np.ones(size),
+            np.array(start, dtype=float),
             jac=True,
             method="L-BFGS-B",
             callback=callback,
@@ -505,53 +544,84 @@ def run_lbfgs(
             state["u"] = np.array(result.x)
     except BudgetExhausted as reason:
         stopped = str(reason)
-    wall = clock.elapsed()
     success = bool(state.get("success"))
-    if success:
-        stopped = "success"
+    return success, "success" if success else stopped, state["iterations"], state["u"]
+
+
+def run_lbfgs(
+    twin: Twin, finite_differences: bool = False, time_limit: float | None = None
+) -> RunResult:
+    """scipy L-BFGS-B from u = 1 (history 10, tolerances 0), exact or forward-difference
+    gradients (B4.3 a, d)."""
+    twin.reset()
+    clock = _Clock(time_limit)
+    success, stopped, iterations, u = _lbfgs(twin, np.ones(twin.size), finite_differences, clock)
+    wall = clock.elapsed()
     name = "lbfgs_fd" if finite_differences else "lbfgs"
-    return _finish(twin, name, None, success, stopped, state["iterations"], wall, state["u"])
+    return _finish(twin, name, None, success, stopped, iterations, wall, u)
+
+
+def _evaluate(twin: Twin, members: Tensor) -> Tensor:
+    """G of the rows of ``members`` ``(J, P)`` in one batched solve, NaN rows where failed."""
+    return torch.from_numpy(twin.observe_batch(members.numpy()))
+
+
+def _unit_prior(twin: Twin) -> tuple[Tensor, Tensor]:
+    """N(1, 0.1² I) in u: EKI's initial ensemble of B4.3(b), and UKI's prior."""
+    size = twin.size
+    return (
+        torch.ones(size, dtype=torch.float64),
+        PRIOR_SD**2 * torch.eye(size, dtype=torch.float64),
+    )
+
+
+def make_eki(twin: Twin, ensemble_size: int, seed: int) -> EKI:
+    """The EKI of B4.3(b): fixed Δt = 1, perturbed observations, N(1, 0.1² I) initial ensemble,
+    ``max_time`` = the iteration cap of B4.2 (so ``finished`` is the budget)."""
+    mean, covariance = _unit_prior(twin)
+    return EKI(
+        mean,
+        covariance,
+        twin.data,
+        ensemble_size,
+        noise_cov=twin.noise_variance,
+        variant="finite_time",
+        step=1.0,
+        max_time=float(EKI_ITERATIONS[(twin.variant, ensemble_size)]),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def make_uki(twin: Twin) -> UKI:
+    """UKI with its defaults, prior N(1, 0.1² I) in u, Γ = diag(σ²)."""
+    mean, covariance = _unit_prior(twin)
+    return UKI(mean, covariance, twin.data, noise_cov=twin.noise_variance)
 
 
 def run_eki(
     twin: Twin, ensemble_size: int, seed: int, time_limit: float | None = None
 ) -> RunResult:
-    """Ensemble Kalman inversion with perturbed observations (B4.3 b), Δt = 1."""
+    """EKI of B4.3(b): :class:`climgrad.inference.kalman.EKI`, perturbed observations, Δt = 1.
+
+    The library's ``variant="finite_time"`` update with the fixed step ``step=1.0`` is B4.3(b)'s
+    update; it is iterated past algorithm time 1 (repeated EKI iterations, ``max_time`` = the
+    iteration cap), since at t = 1 it approximates the posterior rather than the optimum.
+    """
     twin.reset()
-    rng = np.random.default_rng(seed)
-    size = twin.size
-    cap = EKI_ITERATIONS[(twin.variant, ensemble_size)]
-    y = twin.observations.double().numpy()
-    noise_variance = (twin.error_scale.double() ** 2).numpy()
-    ensemble = 1.0 + EKI_INITIAL_SPREAD * rng.standard_normal((ensemble_size, size))
-    success, stopped, iterations = False, "budget", 0
+    eki = make_eki(twin, ensemble_size, seed)
+    success, stopped = False, "budget"
     clock = _Clock(time_limit)
     try:
-        for step in range(1, cap + 1):
-            iterations = step
+        while not eki.finished:
             clock.check()
             # The J members in one batched solve (each counts as a solve).
-            predictions = twin.observe_batch(ensemble)
-            ok = np.isfinite(predictions).all(axis=1)
-            if ok.sum() < 2:
+            predictions = _evaluate(twin, eki.ensemble)
+            try:
+                eki.update(predictions)
+            except EnsembleFailure:
                 stopped = "failed evaluation (fewer than 2 successful members)"
                 break
-            members, outputs = ensemble[ok], predictions[ok]
-            count = members.shape[0]
-            member_anomalies = members - members.mean(axis=0)
-            output_anomalies = outputs - outputs.mean(axis=0)
-            cov_ug = member_anomalies.T @ output_anomalies / (count - 1)
-            cov_gg = output_anomalies.T @ output_anomalies / (count - 1)
-            perturbed = y + rng.standard_normal((count, y.size)) * np.sqrt(noise_variance)
-            innovation = np.linalg.solve(cov_gg + np.diag(noise_variance), (perturbed - outputs).T)
-            ensemble[ok] = members + (cov_ug @ innovation).T
-            if not ok.all():
-                # EnsembleKalmanProcesses' SampleSuccGauss: redraw failed members.
-                updated = ensemble[ok]
-                ensemble[~ok] = rng.multivariate_normal(
-                    updated.mean(axis=0), np.cov(updated, rowvar=False), size=int((~ok).sum())
-                )
-            if twin.error(ensemble.mean(axis=0)) <= SUCCESS_THRESHOLD:
+            if twin.error(eki.mean()) <= SUCCESS_THRESHOLD:
                 success, stopped = True, "success"
                 break
     except BudgetExhausted as reason:
@@ -563,14 +633,76 @@ def run_eki(
         seed,
         success,
         stopped,
-        iterations,
+        eki.iteration,
         wall,
-        ensemble.mean(axis=0),
+        eki.mean().numpy(),
     )
 
 
+def _uki_iterations(
+    twin: Twin, uki: UKI, iterations: int, clock: _Clock
+) -> tuple[bool, str | None]:
+    """Up to ``iterations`` UKI updates (2P + 1 sigma points in one batched solve each), fewer
+    if the mean reaches success first or the next one would pass the solve budget.
+
+    Returns (success, reason it stopped early or None).
+    """
+    points = 2 * twin.size + 1
+    for _ in range(iterations):
+        if twin.counters.solves + points > UKI_SOLVES[twin.variant]:
+            return False, "budget"
+        clock.check()
+        try:
+            uki.update(_evaluate(twin, uki.sigma_points()))
+        except EnsembleFailure:
+            return False, "failed evaluation (a sigma point did not solve)"
+        if twin.error(uki.mean()) <= SUCCESS_THRESHOLD:
+            return True, "success"
+    return False, None
+
+
+def run_uki(twin: Twin, time_limit: float | None = None) -> RunResult:
+    """UKI (:class:`climgrad.inference.kalman.UKI`, defaults α = 1, Σ_ω = C_n) with prior
+    N(1, 0.1² I) in u, success checked on its mean after every update."""
+    twin.reset()
+    uki = make_uki(twin)
+    clock = _Clock(time_limit)
+    try:
+        success, stopped = _uki_iterations(twin, uki, 10**9, clock)
+    except BudgetExhausted as reason:
+        success, stopped = False, str(reason)
+    wall = clock.elapsed()
+    return _finish(
+        twin, "uki", None, success, stopped or "budget", uki.iteration, wall, uki.mean().numpy()
+    )
+
+
+def run_hybrid(
+    twin: Twin, warm_iterations: int = HYBRID_WARM_ITERATIONS, time_limit: float | None = None
+) -> RunResult:
+    """``warm_iterations`` UKI updates (as :func:`run_uki`), then the L-BFGS-B of ``lbfgs`` from
+    the UKI mean; stops at success (also during the warm start)."""
+    twin.reset()
+    uki = make_uki(twin)
+    clock = _Clock(time_limit)
+    iterations = 0
+    u = uki.mean().numpy()
+    try:
+        success, stopped = _uki_iterations(twin, uki, warm_iterations, clock)
+        iterations, u = uki.iteration, uki.mean().numpy()
+        if not success and stopped is None:
+            success, stopped, polish, u = _lbfgs(twin, u, False, clock)
+            iterations += polish
+    except BudgetExhausted as reason:
+        success, stopped = False, str(reason)
+    wall = clock.elapsed()
+    name = f"hybrid_uki{warm_iterations}"
+    return _finish(twin, name, None, success, stopped or "budget", iterations, wall, u)
+
+
 def cma_available() -> bool:
-    """Whether the optional ``cma`` package is installed."""
+    """Whether the optional ``cma`` package (needed by :mod:`climgrad.inference.cmaes`) is
+    installed."""
     try:
         import cma  # noqa: F401
     except ImportError:
@@ -579,41 +711,49 @@ def cma_available() -> bool:
 
 
 def run_cmaes(twin: Twin, seed: int, time_limit: float | None = None) -> RunResult:
-    """CMA-ES (``cma`` package) from u = 1 with σ₀ = 0.1 and the default population (B4.3 c)."""
-    import cma
+    """CMA-ES (:class:`climgrad.inference.cmaes.CMAES`) from u = 1 with σ₀ = 0.1 and the default
+    population (B4.3 c); its stopping rules are switched off, so only success or the budget stop
+    it. Success is checked on the mean of the search distribution after every generation."""
+    from climgrad.inference.cmaes import CMAES
 
     twin.reset()
     cap = CMAES_SOLVES[twin.variant]
-    options = {
-        "seed": seed + 1,  # cma treats seed 0 as "random"
-        "verbose": -9,
-        "tolfun": 0.0,
-        "tolfunhist": 0.0,
-        "tolfunrel": 0.0,
-        "tolx": 0.0,
-        "tolstagnation": 10**9,
-        "tolflatfitness": 10**9,
-        "maxfevals": math.inf,
-        "maxiter": math.inf,
-    }
-    strategy = cma.CMAEvolutionStrategy(np.ones(twin.size), CMAES_SIGMA, options)
-    success, stopped, iterations = False, "budget", 0
+    strategy = CMAES(
+        torch.ones(twin.size, dtype=torch.float64),
+        CMAES_SIGMA,
+        seed=seed,
+        options={
+            "tolfun": 0.0,
+            "tolfunhist": 0.0,
+            "tolfunrel": 0.0,
+            "tolx": 0.0,
+            "tolstagnation": 10**9,
+            "tolflatfitness": 10**9,
+            "maxfevals": math.inf,
+            "maxiter": math.inf,
+        },
+    )
+    success, stopped = False, "budget"
     clock = _Clock(time_limit)
     try:
         while twin.counters.solves + strategy.popsize <= cap:
-            iterations += 1
+            if strategy.finished:
+                stopped = f"cma: {strategy.stop_reason}"
+                break
             candidates = strategy.ask()
             clock.check()
             # The population in one batched solve (each member counts as a solve).
-            values = twin.loss_batch(np.array(candidates)).tolist()
+            values = torch.from_numpy(twin.loss_batch(candidates.numpy()))
             strategy.tell(candidates, values)
-            if twin.error(strategy.mean) <= SUCCESS_THRESHOLD:
+            if twin.error(strategy.mean()) <= SUCCESS_THRESHOLD:
                 success, stopped = True, "success"
                 break
     except BudgetExhausted as reason:
         stopped = str(reason)
     wall = clock.elapsed()
-    return _finish(twin, "cmaes", seed, success, stopped, iterations, wall, np.array(strategy.mean))
+    return _finish(
+        twin, "cmaes", seed, success, stopped, strategy.iteration, wall, strategy.mean().numpy()
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -710,9 +850,62 @@ def _summarise(runs: Sequence[RunResult], stochastic: bool) -> dict[str, Any]:
     return summary
 
 
+def _solves_to_success(summary: dict[str, Any]) -> tuple[float, float]:
+    """(median solves to success, +inf for failed runs; median solves spent, failed included).
+
+    A failed run did not reach 1 % within its budget; the second figure counts its solves up to
+    the budget (a lower bound on what success would cost).
+    """
+    runs = summary["runs"]
+    reached = [r["solves"] if r["success"] else math.inf for r in runs]
+    spent = [r["solves"] for r in runs]
+    if "success_rate" not in summary:  # deterministic: the counts of the first run
+        return reached[0], spent[0]
+    return statistics.median(reached), statistics.median(spent)
+
+
+def solve_ratios(variant: int, methods: dict[str, Any]) -> dict[str, Any]:
+    """Solves of each derivative-free method over solves of each gradient-based reference.
+
+    References: ``lbfgs`` and the hybrid; derivative-free: EKI (each J), CMA-ES, UKI. Stochastic
+    methods enter with their median solves to success over the seeds, a failed seed counting as
+    not reached; where that median is "not reached", the ratio is a lower bound (``">="``) from
+    the median solves spent. Target (the issue): at least 10 at P = 3 and 30 at P = 91 for EKI
+    and CMA-ES (UKI is reported beside them, without a target).
+    """
+    target = SOLVE_RATIO_TARGETS[variant]
+    references = [m for m in methods if m == "lbfgs" or m.startswith("hybrid_uki")]
+    free = [m for m in methods if m.startswith(("eki_J", "cmaes", "uki"))]
+    result: dict[str, Any] = {"target": target, "ratios": {}}
+    for reference in references:
+        summary = methods[reference]
+        if "not_run" in summary:
+            continue
+        denominator, _ = _solves_to_success(summary)
+        if not math.isfinite(denominator):
+            continue
+        for method in free:
+            other = methods[method]
+            if "not_run" in other:
+                continue
+            reached, spent = _solves_to_success(other)
+            exact = math.isfinite(reached)
+            ratio = (reached if exact else spent) / denominator
+            meets: bool | None = None  # no target (UKI), or a lower bound below the target
+            if method != "uki" and (exact or ratio >= target):
+                meets = ratio >= target
+            result["ratios"][f"{method}/{reference}"] = {
+                "ratio": ratio,
+                "lower_bound": not exact,
+                "meets_target": meets,
+            }
+    return result
+
+
 def default_methods(variant: int) -> list[str]:
-    """Every method of B4.3 for one variant."""
+    """Every method of B4.3 for one variant, with UKI and the hybrid."""
     methods = [f"adam_lr{lr:g}" for lr in ADAM_LEARNING_RATES] + ["lbfgs"]
+    methods += [f"hybrid_uki{HYBRID_WARM_ITERATIONS}", "uki"]
     methods += [f"eki_J{j}" for j in EKI_ENSEMBLES[variant]] + ["cmaes", "lbfgs_fd"]
     return methods
 
@@ -728,6 +921,11 @@ def run_method(
     elif method in ("lbfgs", "lbfgs_fd"):
         fd = method == "lbfgs_fd"
         runner = lambda _seed: run_lbfgs(twin, fd, time_limit)  # noqa: E731
+    elif method == "uki":
+        runner = lambda _seed: run_uki(twin, time_limit)  # noqa: E731
+    elif method.startswith("hybrid_uki"):
+        warm = int(method.removeprefix("hybrid_uki"))
+        runner = lambda _seed: run_hybrid(twin, warm, time_limit)  # noqa: E731
     elif method.startswith("eki_J"):
         members = int(method.removeprefix("eki_J"))
         if (twin.variant, members) not in EKI_ITERATIONS:
@@ -771,12 +969,13 @@ def run_variant(
         "seeds": list(seeds),
         "time_limit_s": time_limit,
         "methods": results,
+        "solve_ratios": solve_ratios(variant, results),
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """B4 options for ``scripts/bench.py``."""
-    parser.add_argument("--variant", choices=["3", "91", "both"], default="3")
+    parser.add_argument("--variant", choices=["3", "91", "both"], default="both")
     parser.add_argument(
         "--methods", default=None, help="comma-separated subset, e.g. lbfgs,eki_J10 (default: all)"
     )
@@ -800,7 +999,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.device != "cpu":
         raise SystemExit("B4 runs on the CPU (one small model solved sequentially).")
-    variants = [3, 91] if getattr(args, "variant", "3") == "both" else [int(args.variant)]
+    variants = [3, 91] if getattr(args, "variant", "both") == "both" else [int(args.variant)]
     quick = bool(getattr(args, "quick", False))
     seeds = list(range(2 if quick else getattr(args, "seeds", 5)))
     repeats = 1 if quick else getattr(args, "runs", 3)
@@ -888,6 +1087,18 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                     ]
                 )
     lines = [common.format_table(rows, columns)]
+    for result in results:
+        for name, calibration in result["calibrations"].items():
+            ratios = calibration.get("solve_ratios")
+            if not ratios or not ratios["ratios"]:
+                continue
+            lines.append(f"\n{name}: solves to 1 %, ratio (target >= {ratios['target']:g})")
+            for pair, entry in ratios["ratios"].items():
+                verdict = {True: "meets", False: "misses"}.get(entry["meets_target"], "")
+                if entry["meets_target"] is None:
+                    verdict = "no target" if pair.startswith("uki") else "undetermined"
+                bound = ">= " if entry["lower_bound"] else ""
+                lines.append(f"  {pair}: {bound}{entry['ratio']:.1f} ({verdict})")
     for result in results:
         machine = result["machine"]
         lines.append(

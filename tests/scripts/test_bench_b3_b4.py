@@ -215,3 +215,100 @@ def test_b4_batched_observations_equal_member_by_member(
     losses = twin.loss_batch(members)
     assert losses[2] == math.inf
     assert losses[1] == pytest.approx(twin.loss(members[1]), rel=1e-12)
+
+
+def test_b4_eki_is_the_update_of_b4_3b(bench_modules: tuple[Any, Any, Any]) -> None:
+    # The library EKI as B4 configures it makes B4.3(b)'s update: Δt = 1, y_j = y + η_j with
+    # η_j ~ N(0, Γ), u_j <- u_j + C^(uG) (C^(GG) + Γ)^-1 (y_j - G_j), from u ~ N(1, 0.1² I).
+    b4 = bench_modules[1]
+    twin = b4.Twin(3)
+    twin.reset()
+    members, seed = 10, 3
+    eki = b4.make_eki(twin, members, seed)
+    generator = torch.Generator().manual_seed(seed)
+    initial = 1.0 + 0.1 * torch.randn((members, 3), generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(eki.ensemble, initial, rtol=0, atol=1e-15)
+    sigma = twin.noise_variance.sqrt().numpy()
+    perturbed = (
+        twin.data.numpy()
+        + sigma * torch.randn((members, 180), generator=generator, dtype=torch.float64).numpy()
+    )
+    u = initial.numpy()
+    outputs = twin.observe_batch(u)
+    du, dg = u - u.mean(0), outputs - outputs.mean(0)
+    cov_ug, cov_gg = du.T @ dg / (members - 1), dg.T @ dg / (members - 1)
+    expected = u + (cov_ug @ np.linalg.solve(cov_gg + np.diag(sigma**2), (perturbed - outputs).T)).T
+    info = eki.update(torch.from_numpy(outputs))
+    assert info["dt"] == 1.0 and info["n_failed"] == 0
+    np.testing.assert_allclose(eki.ensemble.numpy(), expected, rtol=1e-8, atol=1e-10)
+    assert not eki.finished and eki.max_time == b4.EKI_ITERATIONS[(3, members)]
+
+
+def test_b4_library_methods_reduced_run(bench_modules: tuple[Any, Any, Any]) -> None:
+    # EKI, UKI, CMA-ES and the hybrid, on the library's algorithms, reach 1 % at P = 3 (quick).
+    b4, common = bench_modules[1], bench_modules[2]
+    methods = ["lbfgs", "hybrid_uki2", "uki", "eki_J10"]
+    if b4.cma_available():
+        methods.append("cmaes")
+    args = argparse.Namespace(
+        dtype="float64",
+        device="cpu",
+        variant="3",
+        methods=",".join(methods),
+        quick=True,
+        seeds=5,
+        runs=3,
+        time_limit=None,
+    )
+    result = json.loads(json.dumps(common.as_jsonable(b4.run(args))))
+    calibration = result["calibrations"]["P=3"]
+    summaries = calibration["methods"]
+    assert list(summaries) == methods
+    uki = summaries["uki"]
+    assert uki["success"] and uki["reverse_passes"] == 0
+    assert uki["solves"] == 7 * uki["iterations"]  # 2P + 1 sigma points per iteration
+    hybrid = summaries["hybrid_uki2"]
+    assert hybrid["success"] and hybrid["final_error"] <= 0.01
+    # Two UKI iterations (14 solves), then L-BFGS-B: one solve and one reverse pass per evaluation.
+    assert hybrid["solves"] == 14 + hybrid["reverse_passes"] and hybrid["reverse_passes"] > 0
+    for name in methods[3:]:
+        summary = summaries[name]
+        assert summary["success_rate"] == 1.0 and summary["seeds"] == [0, 1]
+        assert summary["final_error"]["max"] <= 0.01 and summary["reverse_passes"] == 0
+    for run in summaries["eki_J10"]["runs"]:
+        assert run["solves"] >= 10 * run["iterations"]  # failed batches are re-solved
+    ratios = calibration["solve_ratios"]
+    assert ratios["target"] == 10.0
+    expected = {f"{m}/{r}" for r in ("lbfgs", "hybrid_uki2") for m in methods[2:]}
+    assert set(ratios["ratios"]) == expected
+    entry = ratios["ratios"]["eki_J10/lbfgs"]
+    median = np.median([r["solves"] for r in summaries["eki_J10"]["runs"]])
+    assert entry["ratio"] == pytest.approx(median / summaries["lbfgs"]["solves"])
+    assert entry["meets_target"] == (entry["ratio"] >= 10.0)
+    table = b4.format_table([result])
+    assert "| P=3 | uki | yes |" in table and "eki_J10/lbfgs:" in table
+
+
+def test_b4_solve_ratio_of_a_method_that_fails_is_a_lower_bound(
+    bench_modules: tuple[Any, Any, Any],
+) -> None:
+    b4 = bench_modules[1]
+
+    def stochastic(*runs: tuple[bool, int]) -> dict[str, Any]:
+        return {
+            "success_rate": 0.0,
+            "runs": [{"success": ok, "solves": solves} for ok, solves in runs],
+        }
+
+    methods = {
+        "lbfgs": {"runs": [{"success": True, "solves": 10}]},
+        "eki_J100": stochastic((True, 200), (False, 10000), (False, 10000)),
+        "cmaes": stochastic((True, 100), (True, 500), (False, 40000)),
+    }
+    ratios = b4.solve_ratios(91, methods)["ratios"]
+    assert ratios["eki_J100/lbfgs"] == {"ratio": 1000.0, "lower_bound": True, "meets_target": True}
+    assert ratios["cmaes/lbfgs"] == {"ratio": 50.0, "lower_bound": False, "meets_target": True}
+    methods["lbfgs"]["runs"][0]["solves"] = 1000
+    ratios = b4.solve_ratios(91, methods)["ratios"]
+    assert ratios["eki_J100/lbfgs"]["meets_target"] is None  # a bound below the target
+    assert ratios["cmaes/lbfgs"]["meets_target"] is False
