@@ -144,3 +144,19 @@ def test_missing_and_improper_priors_are_clear_errors() -> None:
         Prior("uniform").quantiles(torch.tensor([0.5], dtype=torch.float64), (0.0, None))
     with pytest.raises(ValueError, match="unknown key"):
         configure_parameters(model, {"A": {"prior": {"kind": "normal", "mean": 1.0}}})
+
+
+def test_ar1_accepts_a_late_start_and_refuses_gaps() -> None:
+    values = _series(10)
+    variable = _variable("t", values, 1.0)
+    variable.mask[:4] = False  # the series starts late (energy inventory: from 1971)
+    variable.weights[:4] = 0.0
+    config = LikelihoodConfig({"t": VariableErrorConfig(ar1_phi=0.5)})
+    likelihood = GaussianLikelihood(ObsSet({"t": variable}), config)
+    assert likelihood.size == 6
+    prediction = values + 1.0
+    prediction[:4] = math.nan  # masked elements never reach the likelihood
+    assert bool(torch.isfinite(likelihood.whiten({"t": prediction})).all())
+    variable.mask[6] = False
+    with pytest.raises(CalibrationError, match="valid values are consecutive"):
+        GaussianLikelihood(ObsSet({"t": variable}), config)

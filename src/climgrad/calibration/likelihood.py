@@ -18,7 +18,8 @@ VariableErrorConfig`) says what ``Γ_v`` is:
   weights and ``n_v = N_v`` this is the textbook ``Σ r_i² / σ_i²``; with area weights each element
   counts in proportion to its area; a smaller ``n_v`` states that errors are correlated in space
   (e.g. ``n_v`` = area / (correlation length)²) and widens the posterior accordingly.
-* **ar1** (``ar1_phi``): a 1-D series whose normalised errors follow a stationary AR(1) process
+* **ar1** (``ar1_phi``): a 1-D series (its valid values consecutive: a series may start late or
+  end early, not have gaps) whose normalised errors follow a stationary AR(1) process
   with lag-1 correlation ``φ``: ``e_1 = r_1/σ_1``, ``e_t = (r_t/σ_t − φ r_{t−1}/σ_{t−1}) /
   √(1 − φ²)``; the exact Gaussian likelihood (Box, Jenkins & Reinsel, *Time Series Analysis*,
   §7.1), the error model used for observed temperature series with internal variability.
@@ -56,6 +57,7 @@ class VariableWhitening:
             element, in the order of ``mask``'s flattening.
         phi: AR(1) lag-1 correlation, or ``None``.
         description: The error model in words (NetCDF attributes, logs).
+        sigma: Total error ``√(σ_i² + s²)`` per valid element (the variable's units).
     """
 
     name: str
@@ -64,6 +66,7 @@ class VariableWhitening:
     scale: Tensor
     phi: float | None
     description: str
+    sigma: Tensor
 
     @property
     def size(self) -> int:
@@ -106,10 +109,12 @@ def _whitening(
             )
         if not -1.0 < phi < 1.0:
             raise CalibrationError(f"{where}.ar1_phi must lie in (-1, 1); got {phi}.")
-        if observed.mask.dim() != 1 or count != observed.mask.numel():
+        valid = observed.mask.nonzero().reshape(-1)
+        contiguous = int(valid[-1] - valid[0]) + 1 == count
+        if observed.mask.dim() != 1 or not contiguous:
             raise CalibrationError(
-                f"{where}.ar1_phi needs a 1-D series without missing values; {observed.name} has "
-                f"shape {tuple(observed.mask.shape)} with {observed.mask.numel() - count} missing."
+                f"{where}.ar1_phi needs a 1-D series whose valid values are consecutive; "
+                f"{observed.name} has shape {tuple(observed.mask.shape)} with gaps."
             )
         return VariableWhitening(
             observed.name,
@@ -118,6 +123,7 @@ def _whitening(
             1.0 / sigma,
             phi,
             f"AR(1) errors, phi {phi:g}{extra}",
+            sigma,
         )
     weights = observed.weights.reshape(-1)[mask]
     weights = weights / weights.sum()
@@ -133,6 +139,7 @@ def _whitening(
         scale,
         None,
         f"independent errors, {effective:g} observations ({label}) of {count} elements{extra}",
+        sigma,
     )
 
 
@@ -205,14 +212,17 @@ class GaussianLikelihood:
     def lag1_autocorrelation(
         self, observations: ObsSet, outputs: Mapping[str, Tensor]
     ) -> dict[str, float]:
-        """Lag-1 autocorrelation of the residuals of each 1-D variable without missing values
-        (to choose ``ar1_phi`` from the residuals of a fit: ``metrics.json`` reports it)."""
+        """Lag-1 autocorrelation of the residuals, normalised by the total errors (with
+        ``extra_error``), of each 1-D variable without missing values: to choose ``ar1_phi`` from
+        the residuals of a fit (``metrics.json`` reports it)."""
         result = {}
         for w in self.variables:
             observed = observations[w.name]
-            if observed.mask.dim() != 1 or not bool(observed.mask.all()):
+            if observed.mask.dim() != 1:
                 continue
-            residual = (outputs[w.model_output].detach() - observed.values) / observed.error
+            valid = observed.mask
+            prediction = outputs[w.model_output].detach().reshape(-1)[valid]
+            residual = (prediction - observed.values[valid]) / w.sigma
             residual = residual - residual.mean()
             denominator = float(residual.square().sum())
             if residual.numel() > 2 and denominator > 0:
