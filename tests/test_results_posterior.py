@@ -332,3 +332,13 @@ def test_load_runs_reads_posterior_jobs(uki_dir: Path, tmp_path: Path) -> None:
     params = load_runs(tmp_path / "sweep")
     assert params["B"].dims == ("run",) and params["B_sd"].dims == ("run",)
     assert params["correlation"].dims == ("run", "element", "element_")
+
+
+def test_load_runs_reads_a_sweep_that_mixes_methods(
+    uki_dir: Path, gradient: Run, tmp_path: Path
+) -> None:
+    shutil.copytree(gradient.run_dir, tmp_path / "sweep" / "0")
+    shutil.copytree(uki_dir, tmp_path / "sweep" / "1")
+    params = load_runs(tmp_path / "sweep")
+    assert np.isnan(float(params["B_sd"].sel(run=0))) and float(params["B_sd"].sel(run=1)) > 0
+    assert np.isfinite(params["B"].values).all()

@@ -86,8 +86,12 @@ def load_runs(multirun_dir: str | Path) -> xr.Dataset:
             loss = float(total)
         losses.append(loss)
         datasets.append(params)
+    # Posterior summaries (<name>_sd, ..., correlation) exist only in posterior jobs: a sweep that
+    # mixes methods keeps them, NaN for the jobs without (join="outer"; data_vars="all").
     try:
-        combined = xr.concat(datasets, dim="run", combine_attrs="drop_conflicts")
+        combined = xr.concat(
+            datasets, dim="run", combine_attrs="drop_conflicts", join="outer", data_vars="all"
+        )
     except ValueError as err:
         raise RunError(
             f"the jobs of {root} have parameters of different shapes ({err}); load them one by "
