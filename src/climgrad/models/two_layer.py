@@ -709,23 +709,27 @@ class TwoLayerEBM(Model):
         if batched:
             batch = torch.broadcast_shapes(x0.shape[:-1], transition.shape[:-2], forcing.shape[1:])
             x0 = x0.expand(*batch, 2)
-        final, series = rollout(
-            one_batched_step if batched else one_step,
-            {"x": x0, "mean": torch.zeros_like(x0), "index": index0},
-            steps,
-            checkpoint_every=checkpoint_every,
-            # What one_step closes over: segments then keep no graph in the forward pass.
-            parameters=[
+        if checkpoint_every is None:
+            final_x, series = _linear_response(
+                x0,
                 transition,
                 forcing_response,
                 mean_transition,
                 mean_forcing_response,
-                forcing,
-            ],
-            observe=lambda s: s["mean"],
-        )
-        assert series is not None
+                forcing[:steps],
+            )
+            final = {"x": final_x}
+        else:
+            final, series = self._rollout(
+                one_batched_step if batched else one_step,
+                x0,
+                index0,
+                steps,
+                checkpoint_every,
+                [transition, forcing_response, mean_transition, mean_forcing_response, forcing],
+            )
         temperature, deep = series[..., 0], series[..., 1]
+
         used = forcing[:steps].reshape(
             steps, *([1] * (temperature.ndim - forcing.ndim)), *forcing.shape[1:]
         )
@@ -739,6 +743,28 @@ class TwoLayerEBM(Model):
             f"final_{_STATE[0]}": final["x"][..., 0],
             f"final_{_STATE[1]}": final["x"][..., 1],
         }
+
+    @staticmethod
+    def _rollout(
+        step: Any,
+        x0: Tensor,
+        index0: Tensor,
+        steps: int,
+        checkpoint_every: int,
+        closed_over: list[Tensor],
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Step by step with gradient checkpointing (memory-bounded long runs)."""
+        final, series = rollout(
+            step,
+            {"x": x0, "mean": torch.zeros_like(x0), "index": index0},
+            steps,
+            checkpoint_every=checkpoint_every,
+            # What the step closes over: segments then keep no graph in the forward pass.
+            parameters=closed_over,
+            observe=lambda s: s["mean"],
+        )
+        assert series is not None
+        return final, series
 
     # Derived quantities ----------------------------------------------------------------------
 
@@ -827,3 +853,64 @@ class TwoLayerEBM(Model):
             lag = lag + m[f"{mode}_amplitude"] * tau / t2 * (-torch.expm1(-t2 / tau))
         result: Tensor = self.ecs() * (1.0 - lag)
         return result
+
+
+def _linear_response(
+    x0: Tensor,
+    transition: Tensor,
+    forcing_response: Tensor,
+    mean_transition: Tensor,
+    mean_forcing_response: Tensor,
+    forcing: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The whole run of the linear, time-invariant stepping at once (no Python loop over steps).
+
+    With row states ``x_{n+1} = x_n T + f_n r`` and step means ``m_n = x_n M + f_n s``,
+    ``x_n = x_0 Tⁿ + Σ_{k<n} f_k r T^{n−1−k}``: the powers ``Tʲ`` come from ⌈log₂ N⌉ batched
+    products (doubling) and the forced part is a causal convolution of the forcing with
+    ``g_j = r Tʲ``, one einsum over a lower-triangular Toeplitz gather. The same numbers as
+    stepping (to rounding), differentiable by autograd, and tens of times cheaper for the
+    170-year historical run than a loop of 170 small steps (forward and backward).
+
+    Args:
+        x0: Initial state ``(..., 2)`` (K).
+        transition, mean_transition: ``T`` and ``M``, ``(*batch, 2, 2)`` (row convention).
+        forcing_response, mean_forcing_response: ``r`` and ``s``, ``(*batch, 2)`` (K per W m-2).
+        forcing: ``f`` ``(N,)`` or ``(N, *batch)`` (W m-2).
+
+    Returns:
+        The state after N steps ``(..., 2)`` and the step means ``(N, ..., 2)``.
+    """
+    steps = forcing.shape[0]
+    batch = torch.broadcast_shapes(x0.shape[:-1], transition.shape[:-2], forcing.shape[1:])
+    extra = len(batch) - (forcing.dim() - 1)
+    forcing = forcing.reshape(steps, *([1] * extra), *forcing.shape[1:]).expand(steps, *batch)
+    x0 = x0.expand(*batch, 2)
+    transition = transition.expand(*batch, 2, 2)
+    mean_transition = mean_transition.expand(*batch, 2, 2)
+    forcing_response = forcing_response.expand(*batch, 2)
+    mean_forcing_response = mean_forcing_response.expand(*batch, 2)
+    eye = torch.eye(2, dtype=transition.dtype, device=transition.device)
+    powers = eye.expand(*transition.shape).unsqueeze(0)  # (1, *batch, 2, 2): T^0
+    doubled = transition  # T^m with m = powers.shape[0]
+    while powers.shape[0] < steps + 1:
+        powers = torch.cat([powers, powers @ doubled], dim=0)
+        doubled = doubled @ doubled
+    powers = powers[: steps + 1]
+    # Homogeneous part x0 Tⁿ, n = 0..N.
+    free = (x0.unsqueeze(-2) @ powers).squeeze(-2)  # (N+1, ..., 2)
+    # Forced part: y_n = Σ_{k<n} f_k g_{n-1-k}, g_j = r Tʲ.
+    responses = (forcing_response.unsqueeze(-2) @ powers[:steps]).squeeze(-2)  # (N, *b, 2)
+    index = torch.arange(steps + 1, device=forcing.device)
+    lag = index[:, None] - 1 - index[None, :steps]  # (N+1, N)
+    causal = lag >= 0
+    gathered = responses[lag.clamp(min=0)]  # (N+1, N, *b, 2)
+    weights = forcing.reshape(1, steps, *forcing.shape[1:], 1)
+    mask = causal.reshape(steps + 1, steps, *([1] * (gathered.dim() - 2)))
+    forced = (torch.where(mask, gathered, torch.zeros_like(gathered)) * weights).sum(dim=1)
+    states = free + forced  # (N+1, ..., 2)
+    before = states[:steps]
+    means = (before.unsqueeze(-2) @ mean_transition).squeeze(-2) + forcing.reshape(
+        steps, *forcing.shape[1:], 1
+    ) * mean_forcing_response
+    return states[steps], means
