@@ -234,3 +234,16 @@ def test_laplace_intervals_cover_the_truth_on_noisy_ebm_twins() -> None:
     coverage = hits / total
     error = math.sqrt(0.9 * 0.1 / total)
     assert abs(coverage - 0.9) < 3 * error + 0.02, coverage
+
+
+def test_members_near_the_ice_edge_bifurcation_are_spun_up_longer() -> None:
+    # A UKI sigma point of the ebm_ncep posterior: Newton fails after the usual 24 pseudo-time
+    # steps (the climate drifts slowly to the snowball); the adapter spins up ten times longer.
+    problem = build_experiment(compose_config(["experiment=ebm_ncep", *QUIET]))
+    member = {"a0": 0.325, "a2": -0.007, "A": 226.12, "B": 1.708, "D": 1.249}
+    batch = {k: torch.tensor([v], dtype=torch.float64) for k, v in member.items()}
+    with pytest.raises(Exception, match="did not converge"):
+        problem.model.equilibrium(parameters=batch, spin_up=24)  # type: ignore[operator]
+    outputs = problem.adapter.simulate_batch(problem.model, batch, problem.simulate_options)
+    temperature = outputs["surface_temperature"]
+    assert temperature.shape == (1, 90) and float(temperature.max()) < 240.0  # the snowball

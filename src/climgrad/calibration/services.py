@@ -5,6 +5,10 @@ and ``best.pt`` (atomic, ``torch.load(weights_only=True)``), ``tb/``, and at the
 ``params.nc``, ``fit.nc`` and ``metrics.json``. Everything a later step depends on (parameters,
 optimizer and schedule state, :class:`Progress`, RNG) is in the checkpoint, so on the CPU in
 float64 a resumed run ends bit-identical to an uninterrupted one.
+
+In a data-parallel run (``trainer.distributed=true``) every rank has its services, which keep
+progress and the stopping rules in step; only rank 0's write (checkpoints, TensorBoard, progress
+bar, outputs), and every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class RunServices:
         overrides: Command-line overrides (recorded in outputs and hparams).
         problem: The problem being calibrated.
         method: The method updating its parameters.
+        rank, world_size: Of a data-parallel run (``trainer.distributed``); rank 0 alone writes.
     """
 
     def __init__(
@@ -108,8 +113,14 @@ class RunServices:
         overrides: list[str],
         problem: Problem,
         method: Method,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.config = config
+        # [distributed] the other ranks compute, keep progress and stop in step; they write nothing
+        self.writes = rank == 0
+        self.rank, self.world_size = rank, world_size
         self.trainer = config.trainer
         self.run_dir = run_dir
         self.overrides = overrides
@@ -165,7 +176,7 @@ class RunServices:
             self._bar.refresh()
             self._bar.close()
             self._bar = None
-        if exc_info[0] is KeyboardInterrupt:
+        if exc_info[0] is KeyboardInterrupt and self.writes:
             print(
                 f"\nInterrupted at step {self.progress.step}; continue from the last checkpoint "
                 f"with: climgrad-calibrate {' '.join(self.overrides)} trainer.resume=true "
@@ -182,8 +193,23 @@ class RunServices:
             "nonfinite/skipped": "count of skipped steps",
             "final/loss_": "dimensionless",
         }
+        if self.method.name != "gradient":
+            descriptions.update(
+                {
+                    "loss/": "dimensionless: negative log posterior at the ensemble mean or "
+                    "current point (½ Σ whitened residual² per variable; ½ prior term)",
+                    "eki/time": "EKI algorithm time (finite-time EKI stops at 1)",
+                    "eki/dt": "EKI time step (data-misfit controller)",
+                    "eki/": "count or dimensionless",
+                    "uki/": "dimensionless (unconstrained coordinates)",
+                    "laplace/": "dimensionless (negative log posterior; unconstrained sd)",
+                    "nuts/": "acceptance probability, leapfrog step size, divergences (per chain)",
+                    "cmaes/": "CMA-ES step size (prior sd), failed members, best objective",
+                }
+            )
         for name, info in display_names(self.problem.model).items():
             units = info.spec.units
+            descriptions[f"param_sd/{name}"] = f"ensemble spread of {name} [{units}]"
             descriptions[f"param/{name}"] = f"{info.spec.description or name} [{units}]"
             descriptions[f"param/{name}/"] = f"{info.spec.description or name} [{units}]"
             descriptions[f"grad_norm/{name}"] = f"|d loss / d {name}| [1 / ({units})]"
@@ -193,6 +219,10 @@ class RunServices:
 
     def open(self) -> None:
         """Create the checkpoint and TensorBoard directories and the progress bar."""
+        if not self.writes:  # [distributed] ranks other than 0
+            self._session_start = time.perf_counter()
+            self._elapsed_before = self.progress.elapsed
+            return
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if self.resumed_from is None:
             # A run killed before its first periodic checkpoint can still be resumed.
@@ -398,6 +428,8 @@ class RunServices:
 
     def save_checkpoints(self, *, last: bool = True) -> None:
         """``last.pt`` (the current state) and ``best.pt`` (the best state so far)."""
+        if not self.writes:  # [distributed] rank 0 writes them
+            return
         checkpoints = self.run_dir / "checkpoints"
         if last:
             save_checkpoint(checkpoints / "last.pt", self._payload())
@@ -414,6 +446,19 @@ class RunServices:
         progress, problem, config = self.progress, self.problem, self.config
         progress.elapsed = self._elapsed_before + time.perf_counter() - self._session_start
         log.info("Stopped at step %d: %s.", progress.step, self.stop_message)
+        if not self.writes:  # [distributed] rank 0 solves every site once more and writes
+            if progress.stop_reason == "nonfinite":
+                raise CalibrationError(self.stop_message)
+            return {
+                "status": "completed",
+                "rank": self.rank,
+                "world_size": self.world_size,
+                "steps": progress.step,
+                "stop_reason": progress.stop_reason,
+                "loss": {"total": progress.best_loss},  # rank 0 re-solves at the best state
+                "best_loss": progress.best_loss,
+                "best_step": progress.best_step,
+            }
         # last.pt: the latest state, to resume from (after non-finite steps, the last good one
         # is kept). The outputs, best.pt and params.nc describe the best state: the lowest loss
         # evaluated, whose parameters the loss in metrics.json belongs to.
@@ -460,6 +505,7 @@ class RunServices:
             "wall_time_s": time.perf_counter() - wall_start,
             "device": str(problem.device),
             "dtype": config.trainer.dtype,
+            "world_size": self.world_size,
             "seed": config.seed,
             "resumed_from": self.resumed_from,
             "overrides": self.overrides,

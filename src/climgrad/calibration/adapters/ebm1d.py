@@ -15,6 +15,7 @@ from climgrad.calibration.adapters.base import (
     typed_model,
 )
 from climgrad.data import ModelGrid
+from climgrad.integrate import EquilibriumError, solve_with_restarts
 from climgrad.models import EBM1D, Model
 from climgrad.models.ebm1d import SPECS
 
@@ -31,7 +32,8 @@ class EBM1DAdapter(ModelAdapter):
     ``ensemble_spin_up``: 30-day pseudo-time steps before Newton for one solve (default 0: the
     gradient path moves the parameters little between solves) and for the members of an ensemble
     (default 24: a member far from the initial parameters then reaches the branch its climate
-    drifts to, not the snowball or ice-free one Newton may jump to; ``EBM1D.equilibrium``).
+    drifts to, not the snowball or ice-free one Newton may jump to; ``EBM1D.equilibrium``; a
+    batch whose Newton solve fails after it is spun up ten times longer and solved again).
     Outputs: ``surface_temperature`` (K) and every diagnostic of ``EBM1D.forward``
     (W m-2, albedo 1), shape ``(band,)``.
     """
@@ -79,13 +81,20 @@ class EBM1DAdapter(ModelAdapter):
         if tol is None:
             dtype = next(ebm.parameters()).dtype
             tol = 1e-9 if dtype == torch.float64 else 0.1
-        spin_up = settings["spin_up"] if parameters is None else settings["ensemble_spin_up"]
-        state = ebm.equilibrium(
-            tol=float(tol),
-            max_iter=int(settings["max_iter"]),
-            parameters=parameters,
-            spin_up=int(spin_up),
-        )
+        spin_up = int(settings["spin_up"] if parameters is None else settings["ensemble_spin_up"])
+
+        def solve(steps: int) -> dict[str, Tensor]:
+            return ebm.equilibrium(
+                tol=float(tol),
+                max_iter=int(settings["max_iter"]),
+                parameters=parameters,
+                spin_up=steps,
+            )
+
+        # Members near the ice-edge bifurcation drift slowly (to the snowball, often): when
+        # Newton fails after the spin-up, spin up ten times longer and try again.
+        starts = [spin_up] if parameters is None or spin_up == 0 else [spin_up, 10 * spin_up]
+        state = solve_with_restarts(solve, starts, recoverable=(EquilibriumError,))
         _, diagnostics = ebm(state, parameters) if parameters is not None else ebm(state)
         outputs = {"surface_temperature": state["surface_temperature"], **diagnostics}
         if parameters is not None:
