@@ -135,7 +135,7 @@ def test_errors_name_the_fix():
     model = constrained_toy()
     with pytest.raises(KeyError, match="not a parameter of the model; parameters are"):
         configure_parameters(model, {"albeod": 0.3})
-    with pytest.raises(KeyError, match="use 'value' and/or 'learn'"):
+    with pytest.raises(KeyError, match="use 'value', 'learn' and/or 'prior'"):
         configure_parameters(model, {"albedo": {"lern": False}})
     with pytest.raises(ValueError, match="outside its bounds"):
         configure_parameters(model, {"albedo": 1.2})

@@ -84,7 +84,8 @@ class LaplaceMethod(PosteriorMethod):
         return self.covariance is not None
 
     def max_steps(self, trainer_max_steps: int) -> int:
-        return math.ceil(int(self.config.map_iterations) / _ITERATIONS_PER_STEP) + 2
+        own = math.ceil(int(self.config.map_iterations) / _ITERATIONS_PER_STEP) + 2
+        return min(own, int(self.config.max_iterations))
 
     def point(self) -> Tensor:
         return self.u.detach().clone()
@@ -234,7 +235,9 @@ class HybridMethod(PosteriorMethod):
 
     def max_steps(self, trainer_max_steps: int) -> int:
         laplace_steps = math.ceil(int(self.config.map_iterations) / _ITERATIONS_PER_STEP) + 2
-        return int(self.config.warm_iterations) + laplace_steps
+        return min(
+            int(self.config.warm_iterations) + laplace_steps, int(self.config.max_iterations)
+        )
 
     def point(self) -> Tensor:
         return self.laplace.point() if self.laplace is not None else self.warm.point()

@@ -64,7 +64,7 @@ class NUTSMethod(PosteriorMethod):
         return len(self.samples) >= int(self.config.chains)
 
     def max_steps(self, trainer_max_steps: int) -> int:
-        return int(self.config.chains)
+        return min(int(self.config.chains), int(self.config.max_iterations))
 
     def _all(self) -> Tensor:
         return torch.stack(self.samples)
