@@ -51,6 +51,7 @@ PROBLEMS = {
     "ENSEMBLE": "ensemble",
     "ROLLOUT": "rollout",
     "RRTMG": "rrtmg_column",
+    "SCALE": "scale",
 }
 
 

@@ -6,8 +6,9 @@
 #   CLIMGRAD_TORCH="torch==2.13.0"              (the default; a CPU build where one lies on disk)
 #   CLIMGRAD_TORCH_INDEX=<wheel index URL>      (e.g. PyTorch's CUDA index on a GPU machine)
 #   CLIMGRAD_EXTRAS="dev,posterior"             (extras of the project to install; default
-#                                                dev,posterior, plus rrtmg where climt has wheels:
-#                                                CPython 3.11 on x86-64 Linux)
+#                                                dev,posterior,distributed,launchers, plus rrtmg
+#                                                where climt has wheels: CPython 3.11 on x86-64
+#                                                Linux)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CLIMGRAD_VENV:-$root/.venv}"
@@ -29,9 +30,9 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-default_extras="dev,posterior"
+default_extras="dev,posterior,distributed,launchers"
 if "$venv/bin/python" -c 'import sys, platform; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64" and sys.platform == "linux"))'; then
-    default_extras="dev,posterior,rrtmg"
+    default_extras="dev,posterior,distributed,launchers,rrtmg"
 fi
 extras="${CLIMGRAD_EXTRAS:-$default_extras}"
 stamp="$venv/.climgrad-installed"

@@ -18,7 +18,10 @@ from climgrad.calibration.config import CONFIG_MODULE, config_dir, register_conf
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 #: Experiments whose model needs an optional extra, with the module that provides it.
-NEEDS = {"column_rrtmg_twpice": ("climt", "pip install 'climgrad[rrtmg]'")}
+NEEDS = {
+    "column_rrtmg_twpice": ("climt", "pip install 'climgrad[rrtmg]'"),
+    "column_sites_afgl": ("climt", "pip install 'climgrad[rrtmg]'"),
+}
 
 
 def _available(module: str) -> bool:
@@ -40,7 +43,12 @@ RUNNABLE_EXPERIMENTS = [
     for name in EXPERIMENTS
 ]
 #: Overrides that keep an in-process run short and silent.
-FAST = ["trainer.max_steps=3", "trainer.progress=false", "trainer.checkpoint_every=2"]
+FAST = [
+    "trainer.max_steps=3",
+    "method.max_iterations=3",  # the posterior methods' step budget
+    "trainer.progress=false",
+    "trainer.checkpoint_every=2",
+]
 
 
 @contextmanager

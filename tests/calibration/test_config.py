@@ -26,6 +26,7 @@ from .conftest import EXPERIMENTS, compose_config
 PLUGINS = {
     "joblib": "hydra_plugins.hydra_joblib_launcher",
     "slurm": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "CONFIG_MODULE",
     "GROUPS",
     "CalibrateConfig",
+    "DaskConfig",
     "DataConfig",
     "LikelihoodConfig",
     "LoggerConfig",
@@ -238,6 +240,33 @@ class LikelihoodConfig:
 
 
 @dataclass
+class DaskConfig:
+    """Where ``method.executor=dask`` runs the ensemble members (``method.dask``;
+    docs/scaling.md).
+
+    Attributes:
+        cluster: ``local`` (a ``distributed.LocalCluster`` of ``method.workers`` single-threaded
+            worker processes on this machine) or ``slurm`` (a ``dask_jobqueue.SLURMCluster``:
+            each job runs ``cluster_kwargs.processes`` workers).
+        address: A running scheduler (``tcp://host:8786``) to connect to in place of a cluster
+            (its workers must be able to import climgrad and read the run's data).
+        cluster_kwargs: Keyword arguments of the cluster class, passed through: ``queue``,
+            ``account``, ``cores``, ``processes``, ``memory``, ``walltime``,
+            ``job_extra_directives``, ... for SLURM; ``dashboard_address`` and the like for the
+            local one.
+        scale: SLURM jobs to start (``null``: enough for ``method.workers``).
+        config: Dask settings applied while the cluster starts (``dask.config.set``), e.g.
+            ``{distributed.scheduler.allowed-failures: 1}``.
+    """
+
+    cluster: str = "local"
+    address: str | None = None
+    cluster_kwargs: dict[str, Any] = field(default_factory=dict)
+    scale: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class MethodConfig:
     """What updates the parameters (``method`` group; docs/posteriors.md).
 
@@ -268,7 +297,21 @@ class MethodConfig:
         derived_draws: Posterior draws (thinned) for which the derived quantities (ECS, TCR,
             global mean temperature, ...) are computed, one model solve each; 0: none.
         max_iterations: Step budget of the posterior methods (iterations, chains, L-BFGS
-            steps); ``trainer.max_steps`` is the gradient method's.
+            steps; the smaller of it and a method's own, e.g. Laplace's map_iterations / 10 + 2);
+            ``trainer.max_steps`` is the gradient method's.
+        executor: Where the ensemble methods' members are evaluated (docs/scaling.md):
+            ``batched`` (in this process, one batched solve where the model family has one),
+            ``processes`` (``workers`` spawned processes on this machine) or ``dask`` (a Dask
+            cluster, ``method.dask``). Off ``batched``, members are cut into chunks that workers
+            evaluate with the family's batched path; a chunk whose worker dies comes back as
+            failed members.
+        workers: Worker processes of ``processes`` and of a local Dask cluster, and the number of
+            chunks per evaluation (``null``: the CPUs available; SLURM: jobs x processes).
+        chunk_size: Members per chunk (``null``: one chunk per worker).
+        member_cache: Record each finished chunk in ``<run>/ensemble_cache`` so that a resumed
+            run does not solve an interrupted iteration's finished members again (``null``: on
+            for executors other than ``batched``).
+        dask: The Dask cluster of ``executor=dask`` (:class:`DaskConfig`).
     """
 
     name: str = "gradient"
@@ -291,6 +334,11 @@ class MethodConfig:
     posterior_draws: int = 2000
     derived_draws: int = 200
     max_iterations: int = 100
+    executor: str = "batched"
+    workers: int | None = None
+    chunk_size: int | None = None
+    member_cache: bool | None = None
+    dask: DaskConfig = field(default_factory=DaskConfig)
 
 
 @dataclass
@@ -362,6 +410,16 @@ class TrainerConfig:
         progress: Show a progress bar (``false``: quiet, for batch jobs).
         log_every: Log a line every N steps when the progress bar is off (0: never).
         step_delay: Seconds to sleep after each step (lets tests kill a run mid-way).
+        distributed: Data-parallel calibration with ``torch.distributed``: launched by
+            ``torchrun --nproc_per_node=N`` (or ``srun`` exporting ``RANK``, ``WORLD_SIZE``,
+            ``MASTER_ADDR``, ``MASTER_PORT``), each rank simulates its share of the sites of a
+            multi-site model (``model=column_sites``), and the misfit and the gradient are summed
+            over the ranks by one all-reduce per evaluation, so every rank takes the same
+            optimizer step (L-BFGS line searches in lockstep); rank 0 alone writes checkpoints,
+            TensorBoard and outputs. Without a launcher (``WORLD_SIZE`` unset) the run is one
+            process, as with ``false`` (see :mod:`climgrad.calibration.distributed`).
+        backend: ``torch.distributed`` backend: ``auto`` (NCCL for CUDA tensors, gloo on the
+            CPU), ``gloo`` or ``nccl``.
     """
 
     max_steps: int = 300
@@ -376,6 +434,8 @@ class TrainerConfig:
     progress: bool = True
     log_every: int = 50
     step_delay: float = 0.0
+    distributed: bool = False
+    backend: str = "auto"
 
 
 @dataclass
@@ -423,7 +483,13 @@ class CalibrateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def _attempt_record(output_dir: str) -> str:
+def _attempt_record(output_dir: str) -> str | None:
+    # [distributed] rank 0 alone records a torchrun launch: the other ranks get no .hydra/.
+    if (
+        int(os.environ.get("RANK", "0") or 0) != 0
+        and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    ):
+        return None
     from climgrad.calibration.rundir import attempt_record
 
     return attempt_record(str(output_dir))

@@ -12,6 +12,10 @@ parts, each in its module:
   and optimizer state restored; the posterior methods also give the posterior at the end;
 * the **run services** (:class:`~climgrad.calibration.services.RunServices`): checkpoints and
   resume, TensorBoard, progress, the stopping rules, and the outputs at the end.
+
+With ``trainer.distributed=true`` under torchrun, every rank runs this loop on the whole problem
+but solves only its share of the sites (:mod:`climgrad.calibration.distributed`); rank 0 alone
+writes, into its run directory, from which every rank resumes.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
+from climgrad.calibration import distributed
 from climgrad.calibration.config import CalibrateConfig
 from climgrad.calibration.errors import CalibrationError
+from climgrad.calibration.executors import ensemble_scope
 from climgrad.calibration.experiment import as_config, build_experiment
 from climgrad.calibration.methods import StepSkipped, build_method
 from climgrad.calibration.rundir import RunLock
@@ -64,18 +71,40 @@ def run_calibration(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    problem = build_experiment(config)  # fails on bad input before anything is written
-    problem.check()
-    method = build_method(problem)  # method group: gradient, eki, uki, cmaes, laplace, ...
-    services = RunServices(config, Path(run_dir), list(overrides), problem, method)
-    with RunLock(Path(run_dir)):  # one live run per directory
-        services.resume()
-        with services:  # checkpoint and TensorBoard directories, progress bar
-            while services.running():
-                try:
-                    result = method.step(observe=services.observe, details=services.logs_step())
-                except StepSkipped as skipped:
-                    services.skip(str(skipped))
-                    continue
-                services.advance(result)
-        return services.finish(wall_start)
+    group = distributed.setup(trainer)  # [distributed] None: one process
+    try:
+        problem = build_experiment(config)  # fails on bad input before anything is written
+        parallel = distributed.shard(problem, group)  # [distributed] this rank's sites
+        if parallel is None:
+            problem.check()
+        else:
+            parallel.check()
+            run_dir = parallel.group.shared_path(run_dir)  # rank 0's: every rank resumes from it
+        method = build_method(problem)  # method group: gradient, eki, uki, cmaes, laplace, ...
+        if parallel is not None:
+            parallel.attach(method)
+        services = RunServices(
+            config,
+            Path(run_dir),
+            list(overrides),
+            problem,
+            method,
+            rank=0 if group is None else group.rank,  # [distributed] rank 0 alone writes
+            world_size=1 if group is None else group.world_size,
+        )
+        lock = RunLock(Path(run_dir)) if services.writes else nullcontext()
+        # Ensemble executors started in the run share <run>/ensemble_cache (finished members of an
+        # interrupted iteration are not re-run) and are shut down however the run ends.
+        with lock, ensemble_scope(Path(run_dir) / "ensemble_cache"):  # one live run per directory
+            services.resume()
+            with services:  # checkpoint and TensorBoard directories, progress bar
+                while services.running():
+                    try:
+                        result = method.step(observe=services.observe, details=services.logs_step())
+                    except StepSkipped as skipped:
+                        services.skip(str(skipped))
+                        continue
+                    services.advance(result)
+            return services.finish(wall_start)
+    finally:
+        distributed.teardown(group)

@@ -47,7 +47,18 @@ __all__ = ["Progress", "RunServices"]
 log = logging.getLogger("climgrad.calibrate")
 
 #: Config keys that may differ between a checkpoint and the run resuming it without a warning.
-_RESUME_NEUTRAL = ("trainer.resume", "trainer.max_steps", "trainer.step_delay", "trainer.progress")
+_RESUME_NEUTRAL = (
+    "trainer.resume",
+    "trainer.max_steps",
+    "trainer.step_delay",
+    "trainer.progress",
+    # Where ensemble members run changes no number (tested bit for bit).
+    "method.executor",
+    "method.workers",
+    "method.chunk_size",
+    "method.member_cache",
+    "method.dask",
+)
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ from climgrad.models.base import Model, functional
 from climgrad.models.column import SingleColumnModel
 from climgrad.models.ebm1d import EBM1D
 from climgrad.models.flux_tower import FluxTowerModel
+from climgrad.models.multisite import MultiSiteColumnModel
 from climgrad.models.site_column import SiteColumnModel
 from climgrad.models.two_layer import TwoLayerEBM
 
@@ -17,6 +18,7 @@ __all__ = [
     "EBM1D",
     "FluxTowerModel",
     "Model",
+    "MultiSiteColumnModel",
     "SingleColumnModel",
     "SiteColumnModel",
     "TwoLayerEBM",

@@ -8,13 +8,19 @@ evaluations with a line search) and updates the parameters.
 A step whose loss or gradient is not finite, or whose equilibrium does not converge, raises
 :class:`StepSkipped` after restoring the parameters and optimizer state it started from, so the
 run services can count it and go on.
+
+Data-parallel runs (``trainer.distributed=true``, :mod:`climgrad.calibration.distributed`): with
+:attr:`GradientMethod.parallel` set, each evaluation of the closure solves this rank's sites and
+all-reduces the misfits and the gradient, so that the loss the closure returns and the ``.grad``
+it leaves are those of the whole problem on every rank: L-BFGS's line search runs in lockstep.
+After each step the sites' states are copied to every rank.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,6 +33,9 @@ from climgrad.calibration.optim import build_optimizer, build_schedule
 from climgrad.integrate import EquilibriumError
 from climgrad.params import display_names, physical_gradients, physical_parameters
 
+if TYPE_CHECKING:
+    from climgrad.calibration.distributed import DataParallel
+
 __all__ = ["GradientMethod"]
 
 
@@ -37,7 +46,13 @@ class GradientMethod(Method):
         problem: The problem whose model parameters are updated.
         config: The ``optimizer`` config.
         max_steps: ``trainer.max_steps`` (the cosine schedule anneals over it).
+
+    Attributes:
+        parallel: This rank's share of a data-parallel run (``None``: one process); set by
+            :meth:`~climgrad.calibration.distributed.DataParallel.attach`.
     """
+
+    parallel: DataParallel | None = None
 
     def __init__(self, problem: Problem, config: OptimizerConfig, max_steps: int) -> None:
         self.problem = problem
@@ -75,13 +90,17 @@ class GradientMethod(Method):
 
         def closure() -> Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            terms = self.problem.evaluate()
+            if self.parallel is None:
+                terms = self.problem.evaluate()
+            else:  # [distributed] this rank's sites; misfits and gradients summed over ranks
+                terms = self.parallel.evaluate([raw for _, raw in self.learnable])
             bad = [name for name, term in terms.misfit.items() if not bool(torch.isfinite(term))]
             if not bool(torch.isfinite(terms.prior)):
                 bad.append("prior")
             if bad:
                 raise StepSkipped(f"non-finite loss in {', '.join(bad)}")
-            terms.total.backward()
+            if self.parallel is None:
+                terms.total.backward()
             bad = [
                 n
                 for n, raw in self.learnable
@@ -122,6 +141,8 @@ class GradientMethod(Method):
             if snapshot is not None:
                 model.load_state_dict(snapshot[0])
                 self.optimizer.load_state_dict(snapshot[1])
+            if self.parallel is not None:  # [distributed] every rank skips together
+                self.parallel.synchronize()
             raise StepSkipped(self._explain(problem)) from None
         terms, gradients = first[0]
         evaluated: dict[str, Tensor] | None = None
@@ -143,6 +164,8 @@ class GradientMethod(Method):
             self.schedule.step(result.loss)
         else:
             self.schedule.step()
+        if self.parallel is not None:  # [distributed] each site's state from the rank solving it
+            self.parallel.synchronize()
         self._last_good = self._raw_values()
         return result
 
