@@ -194,3 +194,24 @@ def test_cuda_run_matches_cpu(tmp_path: Path, experiment: str) -> None:
     assert on_gpu["device"].startswith("cuda")
     for name, value in on_cpu["parameters"].items():
         assert on_gpu["parameters"][name] == pytest.approx(value, rel=1e-8), name
+
+
+def test_trainer_threads_applies_to_the_run_and_is_restored(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    original = EBM1DAdapter.simulate
+
+    def spying(self: EBM1DAdapter, model: Model, options: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return original(self, model, options)
+
+    EBM1DAdapter.simulate = spying  # type: ignore[method-assign]
+    try:
+        _, metrics = _run(tmp_path, ["experiment=twin_ebm1d", *FAST, "trainer.threads=1"])
+    finally:
+        EBM1DAdapter.simulate = original  # type: ignore[method-assign]
+    assert seen and set(seen) == {1} and metrics["threads"] == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(CalibrationError, match=r"trainer.threads must be >= 1"):
+        _run(tmp_path, ["experiment=twin_ebm1d", *FAST, "trainer.threads=0"], "bad")
+    assert not (tmp_path / "bad").exists()

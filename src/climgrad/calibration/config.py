@@ -420,6 +420,11 @@ class TrainerConfig:
             process, as with ``false`` (see :mod:`climgrad.calibration.distributed`).
         backend: ``torch.distributed`` backend: ``auto`` (NCCL for CUDA tensors, gloo on the
             CPU), ``gloo`` or ``nccl``.
+        threads: torch's intra-op CPU threads for the run (``null``: torch's default, one per
+            core). Small models (EBM1D, the two-layer model) run fastest on 1: their tensors are
+            too small for threads to pay, and on a shared machine threads cost far more (NUTS
+            gradient of the two-layer posterior: 13 ms on 1 thread, 140-280 ms on 2 under load).
+            Set back to what it was when the run ends.
     """
 
     max_steps: int = 300
@@ -436,6 +441,7 @@ class TrainerConfig:
     step_delay: float = 0.0
     distributed: bool = False
     backend: str = "auto"
+    threads: int | None = None
 
 
 @dataclass

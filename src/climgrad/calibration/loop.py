@@ -70,6 +70,21 @@ def run_calibration(
         )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    if trainer.threads is not None and trainer.threads < 1:
+        raise CalibrationError(f"trainer.threads must be >= 1 (or null); got {trainer.threads}.")
+    threads_before = torch.get_num_threads()
+    if trainer.threads is not None:
+        torch.set_num_threads(int(trainer.threads))
+    try:
+        return _calibrate(config, run_dir, overrides, wall_start)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _calibrate(
+    config: CalibrateConfig, run_dir: str | Path, overrides: Sequence[str], wall_start: float
+) -> dict[str, Any]:
+    trainer = config.trainer
 
     group = distributed.setup(trainer)  # [distributed] None: one process
     try:

@@ -515,6 +515,7 @@ class RunServices:
             "optimizer_time_s": progress.elapsed,
             "wall_time_s": time.perf_counter() - wall_start,
             "device": str(problem.device),
+            "threads": torch.get_num_threads(),
             "dtype": config.trainer.dtype,
             "world_size": self.world_size,
             "seed": config.seed,
