@@ -43,6 +43,18 @@ RUNNABLE_EXPERIMENTS = [
     for name in EXPERIMENTS
 ]
 #: Overrides that keep an in-process run short and silent.
+#: The multi-site column twin at three sites, 12 layers, a short spin-up (quick to solve).
+COLUMN_SITES_SMALL = [
+    "experiment=column_sites_twin",
+    "~model.options.sites.us_standard",
+    "~data.observations.air_temperature_us_standard",
+    "model.options.levels=12",
+    "model.simulate.spin_up_steps=50",
+    "trainer.device=cpu",
+    "trainer.progress=false",
+    "logger.figure_every=0",
+]
+
 FAST = [
     "trainer.max_steps=3",
     "method.max_iterations=3",  # the posterior methods' step budget

@@ -22,18 +22,9 @@ from climgrad.calibration.loop import run_calibration
 from climgrad.calibration.posterior import ParameterVector
 from climgrad.models.multisite import MultiSiteColumnModel
 
-from .conftest import compose_config
+from .conftest import COLUMN_SITES_SMALL, compose_config
 
-SMALL = [
-    "experiment=column_sites_twin",
-    "~model.options.sites.us_standard",
-    "~data.observations.air_temperature_us_standard",
-    "model.options.levels=12",
-    "model.simulate.spin_up_steps=50",
-    "trainer.device=cpu",
-    "trainer.progress=false",
-    "logger.figure_every=0",
-]
+SMALL = COLUMN_SITES_SMALL
 LEARNT = ["surface_optical_depth", "surface_albedo", "critical_lapse_rate"]
 
 

@@ -30,19 +30,12 @@ from climgrad.calibration.experiment import as_config, build_experiment
 from climgrad.calibration.loop import run_calibration
 from climgrad.params import display_names
 
-from .conftest import REPO, compose_config
+from .conftest import COLUMN_SITES_SMALL, REPO, compose_config
 
 #: The twin at three sites (rank 0 solves two, rank 1 one), 12 layers, short spin-up.
 TWIN = [
-    "experiment=column_sites_twin",
-    "~model.options.sites.us_standard",
-    "~data.observations.air_temperature_us_standard",
-    "model.options.levels=12",
-    "model.simulate.spin_up_steps=50",
-    "trainer.device=cpu",
-    "trainer.progress=false",
+    *COLUMN_SITES_SMALL,
     "trainer.checkpoint_every=1",
-    "logger.figure_every=0",
     "optimizer=lbfgs",
     "optimizer.max_iter=5",
 ]

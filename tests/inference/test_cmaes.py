@@ -11,22 +11,9 @@ import torch
 
 from climgrad.inference.cmaes import CMAES
 
+from .linear import linear_gaussian
+
 DTYPE = torch.float64
-
-
-def linear_gaussian(seed: int = 0) -> dict[str, torch.Tensor]:
-    """G(u) = A u with p = 3, d = 10, a correlated Gaussian prior and whitened noise."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(10, 3, generator=g, dtype=DTYPE)
-    m0 = torch.tensor([0.5, -1.0, 2.0], dtype=DTYPE)
-    root = torch.randn(3, 3, generator=g, dtype=DTYPE)
-    c0 = root @ root.T + 0.5 * torch.eye(3, dtype=DTYPE)
-    u_true = torch.randn(3, generator=g, dtype=DTYPE)
-    y = a @ u_true + torch.randn(10, generator=g, dtype=DTYPE)
-    c0_inv = torch.linalg.inv(c0)
-    cov = torch.linalg.inv(a.T @ a + c0_inv)
-    mean = cov @ (a.T @ y + c0_inv @ m0)
-    return {"A": a, "m0": m0, "C0inv": c0_inv, "y": y, "cov": cov, "mean": mean}
 
 
 def batch_objective(problem: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

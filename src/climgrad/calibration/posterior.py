@@ -244,11 +244,6 @@ class PosteriorTarget:
         total = torch.stack(list(misfit.values())).sum() + prior
         return LossTerms(total, misfit, prior)
 
-    def point_terms(self, u: Tensor) -> LossTerms:
-        """:meth:`terms` at ``u``, with one (unbatched) solve; ``inf`` where it fails."""
-        whitened = self.evaluator(u.unsqueeze(0))[0]
-        return self.terms(u, whitened)
-
 
 class Evaluator:
     """Whitened predictions of J parameter vectors in one call.

@@ -221,6 +221,21 @@ class _Whitener:
         return out.reshape(x.shape)
 
 
+def _gaussian_problem(
+    prior_mean: Tensor, prior_cov: Tensor, data: Tensor, noise_cov: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, _Whitener]:
+    """Checked float64 ``m0``, ``C0``, ``y``, the Cholesky factor of ``C0`` and the noise
+    whitener: what EKI and UKI both start from."""
+    m0 = _as_float64("prior_mean", prior_mean)
+    _check_vector("prior_mean", m0)
+    device = m0.device
+    c0 = _as_float64("prior_cov", prior_cov, device)
+    factor = _cholesky_spd("prior_cov", c0, m0.shape[0])
+    y = _as_float64("data", data, device)
+    _check_vector("data", y)
+    return m0, c0, y, factor, _Whitener("noise_cov", noise_cov, y.shape[0], device)
+
+
 def data_misfit(G: Tensor, data: Tensor, noise_cov: Tensor | None = None) -> Tensor:
     r"""Data misfit :math:`\Phi_j = \tfrac12 |\Gamma^{-1/2}(y - G_j)|^2` of each row of ``G``.
 
@@ -377,16 +392,10 @@ class EKI:
         max_time: float = 1.0,
         generator: torch.Generator,
     ) -> None:
-        m0 = _as_float64("prior_mean", prior_mean)
-        _check_vector("prior_mean", m0)
-        device = m0.device
-        p = m0.shape[0]
-        c0 = _as_float64("prior_cov", prior_cov, device)
-        self._prior_factor = _cholesky_spd("prior_cov", c0, p)
-        y = _as_float64("data", data, device)
-        _check_vector("data", y)
-        d = y.shape[0]
-        self._noise = _Whitener("noise_cov", noise_cov, d, device)
+        m0, c0, y, self._prior_factor, self._noise = _gaussian_problem(
+            prior_mean, prior_cov, data, noise_cov
+        )
+        device, p = m0.device, m0.shape[0]
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int):
             raise ValueError(f"`ensemble_size` must be an int; got {type(ensemble_size).__name__}.")
         if ensemble_size < 2:
@@ -724,16 +733,10 @@ class UKI:
         alpha_reg: float = 1.0,
         update_freq: int = 1,
     ) -> None:
-        m0 = _as_float64("prior_mean", prior_mean)
-        _check_vector("prior_mean", m0)
-        device = m0.device
-        p = m0.shape[0]
-        c0 = _as_float64("prior_cov", prior_cov, device)
-        self._prior_factor = _cholesky_spd("prior_cov", c0, p)
-        y = _as_float64("data", data, device)
-        _check_vector("data", y)
-        d = y.shape[0]
-        self._noise = _Whitener("noise_cov", noise_cov, d, device)
+        m0, c0, y, self._prior_factor, self._noise = _gaussian_problem(
+            prior_mean, prior_cov, data, noise_cov
+        )
+        device, p = m0.device, m0.shape[0]
         if isinstance(alpha_reg, bool) or not isinstance(alpha_reg, (int, float)):
             raise ValueError(f"`alpha_reg` must be a float in (0, 1]; got {alpha_reg!r}.")
         if not 0.0 < alpha_reg <= 1.0:

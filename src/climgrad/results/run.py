@@ -842,10 +842,7 @@ class Run:
                 runs; :meth:`derived_interval`).
             level: The interval's probability (default 0.9: the 5-95 % interval).
         """
-        if interval:
-            self._posterior_file("ecs(interval=True)")
-            return self.derived_interval("equilibrium_climate_sensitivity_K", level)
-        return self._model_scalar("ecs")
+        return self._scalar_or_interval("ecs", interval, level)
 
     @overload
     def tcr(self, interval: Literal[False] = ...) -> float: ...
@@ -861,10 +858,16 @@ class Run:
                 runs; :meth:`derived_interval`).
             level: The interval's probability (default 0.9: the 5-95 % interval).
         """
+        return self._scalar_or_interval("tcr", interval, level)
+
+    def _scalar_or_interval(
+        self, name: str, interval: bool, level: float
+    ) -> float | tuple[float, float, float]:
+        """The model's ``name`` (``ecs``, ``tcr``), or its posterior interval."""
         if interval:
-            self._posterior_file("tcr(interval=True)")
-            return self.derived_interval("transient_climate_response_K", level)
-        return self._model_scalar("tcr")
+            self._posterior_file(f"{name}(interval=True)")
+            return self.derived_interval(DERIVED_ALIASES[name], level)
+        return self._model_scalar(name)
 
     def derived_interval(self, name: str, level: float = 0.9) -> tuple[float, float, float]:
         """Posterior median and central interval of a derived quantity.
