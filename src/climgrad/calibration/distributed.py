@@ -256,6 +256,10 @@ def teardown(group: ProcessGroup | None) -> None:
     for name, level in group.quieted.items():
         logging.getLogger(name).setLevel(level)
     if group.created and dist.is_initialized():
+        # Every rank reaches the barrier before any closes its connections: a rank that leaves
+        # first would otherwise close gloo pairs its peer still reads, and the peer's transport
+        # thread can abort the process (SIGABRT) after its outputs are written.
+        dist.barrier()
         dist.destroy_process_group()
 
 
