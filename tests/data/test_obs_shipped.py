@@ -134,7 +134,13 @@ def test_every_shipped_spec_checks_from_the_command_line(
 
     monkeypatch.chdir(tmp_path)  # the spec's paths do not depend on the working directory
     specs = sorted(SPECS.glob("*.yaml"))
-    assert [p.stem for p in specs] == ["ebm_1d", "global_ebm", "single_column", "surface_flux"]
+    assert [p.stem for p in specs] == [
+        "ebm_1d",
+        "ebm_1d_seasonal",
+        "global_ebm",
+        "single_column",
+        "surface_flux",
+    ]
     for spec in specs:
         assert main(["check", str(spec)]) == 0, capsys.readouterr().err
         assert "observation(s)" in capsys.readouterr().out

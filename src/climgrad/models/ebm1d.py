@@ -11,6 +11,22 @@ the model reproduces. Regime: zonal- and annual-mean climate (or its seasonal cy
 insolation), a surface heat capacity of a mixed layer, linearised OLR: valid for present-day-like
 climates and moderate perturbations, not for snowball transitions in detail.
 
+Seasonal cycle with land and ocean (North & Coakley 1979, J. Atmos. Sci. 36, 1189). Given the land
+fraction f of each band (``land_fraction=``, a tensor), the heat capacity is that of the band's
+land and ocean in proportion to their areas,
+
+    C(x) = f(x) C_land + (1 − f(x)) C_ocean,
+
+with two learnable parameters in place of ``heat_capacity``. The equilibrium does not depend on
+C; the seasonal cycle does: land bands, with C_land ≪ C_ocean, follow the sun with a larger
+amplitude and a shorter lag. Typical values (not fitted): an ocean mixed layer of 50-75 m,
+C_ocean = ρ_w c_w h ≈ 2.1-3.1e8 J m-2 K-1 (ρ_w c_w = 4.18e6 J m-3 K-1); land with the air
+above it a few 1e6 to 1e7 J m-2 K-1 (the atmospheric column alone holds c_p p_s/g ≈ 1.0e7). One
+effective capacity per band is the model's simplification: land and ocean in a band share one
+temperature (perfect zonal mixing), so the land amplitude is underestimated where land and sea
+meet. :meth:`EBM1D.periodic_cycle` finds the periodic seasonal
+state by Newton's method on the one-year map and differentiates it implicitly.
+
 Parameters (names as in the literature and in climlab), all in physical units:
 
 =================  ===========  =======================================  =====================
@@ -27,6 +43,15 @@ name               units        meaning                                  default
 ``heat_capacity``  J m-2 K-1    surface heat capacity (learn: false)     4.2e7 (10 m of water)
 =================  ===========  =======================================  =====================
 
+With ``land_fraction=`` the last row is replaced by two (``heat_capacity`` is then absent):
+
+=======================  ===========  =================================  =====================
+name                     units        meaning                            default / bounds
+=======================  ===========  =================================  =====================
+``land_heat_capacity``   J m-2 K-1    heat capacity of land (and air)    5e6, (0, ∞), log
+``ocean_heat_capacity``  J m-2 K-1    heat capacity of the mixed layer   2.1e8 (50 m), (0, ∞), log
+=======================  ===========  =================================  =====================
+
 Positive parameters are stored as logarithms, so an optimizer step changes each by a similar
 *relative* amount whatever its magnitude. ``Tf`` is dead in ``albedo_mode="exact"`` (see
 :mod:`climgrad.physics.ebm`). The equilibrium does not depend on ``heat_capacity``.
@@ -42,7 +67,7 @@ in one call (rows of one batched solve); see ``docs/benchmarks_b3_b4.md`` for th
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -50,7 +75,13 @@ from torch import Tensor
 
 from climgrad.autograd.smooth import GradientMode
 from climgrad.constants import freezing_point, seconds_per_year
-from climgrad.integrate import EquilibriumInfo, equilibrium, rollout
+from climgrad.integrate import (
+    EquilibriumError,
+    EquilibriumInfo,
+    equilibrium,
+    rollout,
+    solve_with_restarts,
+)
 from climgrad.models.base import Model
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.ebm import (
@@ -59,6 +90,7 @@ from climgrad.physics.ebm import (
     MeridionalDiffusion,
     NetHeatingJacobian,
     OutgoingLongwave,
+    _implicit_step,
     ice_fraction_kernel,
     meridional_diffusion_kernel,
     net_heating_coefficients,
@@ -74,7 +106,7 @@ from climgrad.physics.insolation import (
 from climgrad.tridiagonal import solve_tridiagonal
 from climgrad.typing import Diagnostics, State, Tendencies
 
-__all__ = ["EBM1D", "EquilibriumResidual"]
+__all__ = ["EBM1D", "EquilibriumResidual", "monthly_means"]
 
 _LOG: TransformName = "exp"
 SPECS: dict[str, ParamSpec] = {
@@ -89,7 +121,27 @@ SPECS: dict[str, ParamSpec] = {
     "heat_capacity": ParamSpec(
         "heat_capacity", "J m-2 K-1", 4.2e7, (0.0, None), "surface heat capacity", transform=_LOG
     ),
+    # With land_fraction= (North & Coakley 1979): C = f C_land + (1 - f) C_ocean per band.
+    "land_heat_capacity": ParamSpec(
+        "land_heat_capacity",
+        "J m-2 K-1",
+        5.0e6,
+        (0.0, None),
+        "heat capacity of land (surface and air)",
+        transform=_LOG,
+    ),
+    "ocean_heat_capacity": ParamSpec(
+        "ocean_heat_capacity",
+        "J m-2 K-1",
+        2.1e8,
+        (0.0, None),
+        "heat capacity of the ocean mixed layer",
+        transform=_LOG,
+    ),
 }
+#: The heat-capacity parameters of a model without and with a land fraction.
+_SINGLE_CAPACITY = ("heat_capacity",)
+_LAND_OCEAN_CAPACITY = ("land_heat_capacity", "ocean_heat_capacity")
 #: Where each parameter lives: (process, attribute path inside the process).
 _LOCATION = {
     "A": ("olr", "olr_intercept"),
@@ -106,7 +158,8 @@ _PATHS = {
     name: (process, tuple(path.split(".")[:-1]), path.split(".")[-1])
     for name, (process, path) in _LOCATION.items()
 }
-#: Parameters that ``parameters=`` may replace (everything in SPECS).
+#: Parameters that ``parameters=`` may replace, without a land fraction (with one, the
+#: land and ocean heat capacities replace ``heat_capacity``).
 _OVERRIDABLE = (*_LOCATION, "heat_capacity")
 #: Parameters of the equilibrium (the heat capacity does not enter it).
 _EQUILIBRIUM_PARAMETERS = tuple(_LOCATION)
@@ -156,7 +209,15 @@ class EBM1D(Model):
         albedo_mode: Gradient through the ice edge: ``"smooth"`` (default; B3's tanh step of
             width ``transition_width``), ``"exact"`` or ``"straight_through"``.
         transition_width: Width w of the ice-edge transition in K.
-        learn: Which parameters are learnable (default: all but ``S0`` and ``heat_capacity``).
+        learn: Which parameters are learnable (default: all but ``S0`` and the heat capacities).
+        land_fraction: Optional fraction of each band's area that is land, ``(band,)`` in [0, 1]
+            (e.g. ``data/ebm_1d/land_fraction_zonal.nc`` averaged onto the bands). With it the
+            heat capacity is ``f C_land + (1 − f) C_ocean`` per band (North & Coakley 1979), the
+            parameters ``land_heat_capacity`` and ``ocean_heat_capacity`` replace
+            ``heat_capacity``, and the model keeps the last periodic state it found
+            (:meth:`periodic_cycle`) in its state dict. Without it nothing changes.
+        land_heat_capacity, ocean_heat_capacity: Initial values in J m-2 K-1 (used only with
+            ``land_fraction``).
         dtype, device: Of the parameters and the grid.
 
     State: ``{"surface_temperature": (..., band) K}``.
@@ -188,14 +249,23 @@ class EBM1D(Model):
         albedo_mode: GradientMode = "smooth",
         transition_width: float = 2.0,
         learn: tuple[str, ...] = ("A", "B", "D", "a0", "a2", "ai", "Tf"),
+        land_fraction: Tensor | Sequence[float] | None = None,
+        land_heat_capacity: float = 5.0e6,
+        ocean_heat_capacity: float = 2.1e8,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> None:
         if bands < 2:
             raise ValueError(f"EBM1D needs at least 2 latitude bands, got {bands}.")
-        unknown = sorted(set(learn) - set(SPECS))
+        capacities = _SINGLE_CAPACITY if land_fraction is None else _LAND_OCEAN_CAPACITY
+        valid = [*_LOCATION, *capacities]
+        unknown = sorted(set(learn) - set(valid))
         if unknown:
-            raise ValueError(f"Unknown parameter(s) {unknown} in learn=; valid: {list(SPECS)}.")
+            raise ValueError(
+                f"Unknown parameter(s) {unknown} in learn=; valid: {valid} (the land and ocean "
+                "heat capacities replace heat_capacity when land_fraction is given)."
+            )
+        fraction = None if land_fraction is None else _checked_land_fraction(land_fraction, bands)
         grid = LatitudeGrid.uniform(bands, dtype=dtype)
         if insolation == "p2":
             pattern = annual_mean_insolation_p2(grid.sin_latitude, solar_constant=S0)
@@ -220,7 +290,15 @@ class EBM1D(Model):
                 "diffusion": MeridionalDiffusion(grid, D),
             }
         )
-        self.heat_capacity = torch.nn.Parameter(torch.tensor(heat_capacity, dtype=dtype))
+        capacity_values = {
+            "heat_capacity": heat_capacity,
+            "land_heat_capacity": land_heat_capacity,
+            "ocean_heat_capacity": ocean_heat_capacity,
+        }
+        for name in capacities:
+            setattr(
+                self, name, torch.nn.Parameter(torch.tensor(capacity_values[name], dtype=dtype))
+            )
         values = {"A": A, "B": B, "D": D, "a0": a0, "a2": a2, "ai": ai, "Tf": Tf, "S0": S0}
         for name, (process, path) in _LOCATION.items():
             *parents, attribute = path.split(".")
@@ -228,7 +306,11 @@ class EBM1D(Model):
             for parent in parents:
                 owner = getattr(owner, parent)
             constrain(owner, attribute, SPECS[name], value=values[name], learn=name in learn)
-        constrain(self, "heat_capacity", SPECS["heat_capacity"], learn="heat_capacity" in learn)
+        for name in capacities:
+            constrain(self, name, SPECS[name], learn=name in learn)
+        #: Names of this model's parameters (``parameters=`` may replace any of them).
+        self.parameter_names: tuple[str, ...] = (*_LOCATION, *capacities)
+        self.capacity_names: tuple[str, ...] = capacities
         # Grid factors every solve needs (not in the state dict: they follow from `bands`).
         self.n_bands = bands
         self.register_buffer(
@@ -237,6 +319,18 @@ class EBM1D(Model):
         self.register_buffer(
             "inverse_metric", 1.0 / (grid.cos_latitude * grid.band_width**2), persistent=False
         )
+        self.land_fraction: Tensor | None
+        self.warm_periodic_state: Tensor | None
+        if fraction is None:
+            self.land_fraction = None
+            self.warm_periodic_state = None
+        else:
+            # In the state dict (as the column model's warm state is): a resumed run restarts
+            # Newton from where it was, and load_run finds the branch the run was on.
+            self.register_buffer("land_fraction", fraction.to(dtype))
+            self.register_buffer(
+                "warm_periodic_state", torch.full((bands,), float("nan"), dtype=dtype)
+            )
         if device is not None:
             self.to(device)
 
@@ -259,7 +353,7 @@ class EBM1D(Model):
         self,
         parameters: Mapping[str, Tensor | float] | None = None,
         *,
-        names: tuple[str, ...] = _OVERRIDABLE,
+        names: tuple[str, ...] | None = None,
     ) -> dict[str, Tensor]:
         """Parameters in physical units, each bijection evaluated once.
 
@@ -267,8 +361,9 @@ class EBM1D(Model):
             parameters: Optional replacements in physical units (see the class docstring):
                 ``(J,)`` for a scalar parameter, ``(J, band)`` for a field, any leading batch
                 shape. Checked against the parameter's bounds.
-            names: Which parameters to return (default all: ``A, B, D, a0, a2, ai, Tf, S0,
-                heat_capacity``).
+            names: Which parameters to return (default all: ``A, B, D, a0, a2, ai, Tf, S0``
+                and ``heat_capacity``, or ``land_heat_capacity, ocean_heat_capacity`` with a
+                land fraction).
 
         Returns:
             ``name -> value``; values with a batch dimension are shaped to broadcast against
@@ -280,15 +375,15 @@ class EBM1D(Model):
             ValueError: A replacement of the wrong shape, or outside the parameter's bounds.
         """
         overrides = parameters or {}
-        unknown = [name for name in overrides if name not in _OVERRIDABLE]
+        unknown = [name for name in overrides if name not in self.parameter_names]
         if unknown:
             raise KeyError(
                 f"Unknown parameter(s) {sorted(unknown)} in parameters=; valid: "
-                f"{list(_OVERRIDABLE)}."
+                f"{list(self.parameter_names)}."
             )
         values: dict[str, Tensor] = {}
-        for name in names:
-            if name == "heat_capacity":
+        for name in self.parameter_names if names is None else names:
+            if name in self.capacity_names:
                 owner: torch.nn.Module = self
                 attribute = name
             else:
@@ -403,7 +498,7 @@ class EBM1D(Model):
             "insolation": insolation.expand_as(heating),
             "reflected_shortwave_radiation": insolation * fluxes["albedo"],
         }
-        return {"surface_temperature": heating / values["heat_capacity"]}, diagnostics
+        return {"surface_temperature": heating / self._heat_capacity(values)}, diagnostics
 
     def step(self, state: State, time_step: float) -> dict[str, Tensor]:
         """Semi-implicit step: explicit radiation, backward-Euler diffusion (stable for any Δt)."""
@@ -411,10 +506,14 @@ class EBM1D(Model):
         sources = self.processes["shortwave"](state)[1]["absorbed_shortwave_radiation"]
         # OutgoingLongwave.heating is -OLR.
         sources = sources + self.processes["olr"].heating(temperature)  # type: ignore[operator]
-        explicit = temperature + time_step * sources / self.heat_capacity
+        if self.land_fraction is not None:
+            capacity: Tensor = self.heat_capacity_by_band()
+        else:  # the one parameter itself, as before (the values of the B3 benchmarks)
+            capacity = self.heat_capacity  # type: ignore[assignment]
+        explicit = temperature + time_step * sources / capacity
         diffusion = self.processes["diffusion"]
         assert isinstance(diffusion, MeridionalDiffusion)
-        updated = diffusion.implicit_step(explicit, time_step, self.heat_capacity)
+        updated = diffusion.implicit_step(explicit, time_step, capacity)
         return {**state, "surface_temperature": updated}
 
     def residual(
@@ -548,8 +647,10 @@ class EBM1D(Model):
     ) -> Tensor:
         """``steps`` linearised backward-Euler steps of 30 days from ``start`` (no gradient)."""
         with torch.no_grad():
-            capacity = self.parameter_values(parameters, names=("heat_capacity",))
-            inverse_step = capacity["heat_capacity"].detach() / (30.0 * 86400.0)  # W m-2 K-1
+            capacity = self._heat_capacity(
+                self.parameter_values(parameters, names=self.capacity_names)
+            )
+            inverse_step = capacity.detach() / (30.0 * 86400.0)  # W m-2 K-1
             coefficients = [c.detach() for c in problem.coefficients]
             temperature = start.detach().clone()
             for _ in range(steps):
@@ -618,6 +719,187 @@ class EBM1D(Model):
         assert series is not None
         return series
 
+    def heat_capacity_by_band(
+        self, parameters: Mapping[str, Tensor | float] | None = None
+    ) -> Tensor:
+        """Heat capacity C of each band in J m-2 K-1, ``(band,)`` (``(J, band)`` for J sets).
+
+        ``f C_land + (1 − f) C_ocean`` with a land fraction f (North & Coakley 1979), else the
+        one ``heat_capacity`` for every band. ``parameters``: see :meth:`parameter_values`.
+        """
+        values = self.parameter_values(parameters, names=self.capacity_names)
+        capacity = self._heat_capacity(values)
+        # A scalar, (J, 1) for J scalars, or already (..., band) with a land fraction.
+        return capacity.expand(*capacity.shape[:-1], self.n_bands)
+
+    def _heat_capacity(self, values: Mapping[str, Tensor]) -> Tensor:
+        """C from resolved parameter values: a scalar, or ``(..., band)`` with a land fraction."""
+        if self.land_fraction is None:
+            return values["heat_capacity"]
+        land = self.land_fraction
+        return land * values["land_heat_capacity"] + (1.0 - land) * values["ocean_heat_capacity"]
+
+    def periodic_cycle(
+        self,
+        steps_per_year: int = 48,
+        *,
+        initial: Tensor | None = None,
+        spin_up_years: int = 2,
+        tol: float | None = None,
+        max_iter: int = 20,
+        info: EquilibriumInfo | None = None,
+    ) -> dict[str, Tensor]:
+        """The periodic seasonal cycle, found by shooting and differentiated implicitly.
+
+        Time stepping (``N = steps_per_year`` steps of Δt = year/N, step n centred on day
+        ``1 + (n + ½) 365.2422/N``, day 1 = 1 January): insolation Q_n is the daily mean of
+        that day (Berger 1978, present-day orbit) and the albedo is taken at the old
+        temperature; OLR and diffusion are backward Euler (OLR is linear in T, so its implicit
+        part is exact):
+
+            (C + B Δt) T_{n+1} − Δt D 𝓛 T_{n+1} = C T_n + Δt (Q_n (1 − α(T_n)) − A + B·273.15 K),
+
+        one tridiagonal solve per step, stable for any C > 0 and Δt as far as OLR and diffusion
+        go. The explicit albedo is a positive feedback (no oscillating instability); it is
+        resolved to first order when Δt |∂(Qα)/∂T| ≲ C, i.e. with the smooth ice edge (w = 2 K,
+        |∂(Qα)/∂T| ≤ Q (a_i − a₀)/2w ≈ 44 W m-2 K-1 at most) and N = 48 for C ≳ 3e7 J m-2 K-1
+        (a sixth of the band ocean). Land-dominated bands with the ice edge inside them in
+        summer step it coarsely; Antarctica stays far below T_f, where the edge has no slope.
+
+        Shooting: the periodic state T₀ = Φ(T₀; θ) (Φ: one year of steps) is the root of
+        F(T₀) = Φ(T₀) − T₀, solved by Newton's method with the dense Jacobian ∂Φ/∂T₀ − I
+        (the tangent-linear year: N steps of ``band`` tangents, exact) in
+        :func:`~climgrad.integrate.equilibrium`. Its gradient comes from the implicit function
+        theorem, not from the iterations: one adjoint solve (I − ∂Φ/∂T₀)ᵀ λ = ḡ and one
+        vector-Jacobian product through a single recorded year, so memory is one year of steps
+        whatever the spin-up. The returned year is then rolled out once from T₀ with autograd,
+        so ``d(output)/dθ = ∂output/∂θ + ∂output/∂T₀ · dT₀/dθ``. Valid where the periodic
+        cycle is an isolated, stable solution (every eigenvalue of ∂Φ/∂T₀ inside the unit
+        circle; true away from the ice-edge bifurcations: the damping rate B/C of a year is
+        e^{−B·year/C} ≈ 0.7 for a 50 m ocean, far smaller over land); near a bifurcation
+        ``I − ∂Φ/∂T₀`` is near-singular and so are the gradients. The same periodic state as a
+        long rollout (tested), at the cost of a few years instead of decades.
+
+        Start: ``initial`` if given; else, with a land fraction, the periodic state this model
+        found last (kept in its state dict; parameters move little between optimizer steps);
+        else :meth:`initial_state` run forward ``spin_up_years`` years (no gradient) so that
+        Newton starts on the branch the climate drifts to. A failed warm start falls back to
+        the cold one.
+
+        Args:
+            steps_per_year: N (≥ 4); 12 k gives k steps per model month.
+            initial: Starting guess of T₀ (1 January) in K, ``(band,)``.
+            spin_up_years: Years of plain stepping before Newton on a cold start.
+            tol: Newton tolerance on max |Φ(T₀) − T₀| in K (default 1e-9 in float64, 1e-3 in
+                float32).
+            max_iter: Newton iterations before :class:`~climgrad.integrate.EquilibriumError`.
+            info: Receives Newton's iteration count and final residual.
+
+        Returns:
+            Per step, ``(steps_per_year, band)``: ``surface_temperature`` (K, the step's mean,
+            ½(T_n + T_{n+1})), ``insolation``, ``absorbed_shortwave_radiation``,
+            ``reflected_shortwave_radiation`` (W m-2, with the albedo the step uses),
+            ``outgoing_longwave_radiation`` (W m-2, A + B(T_{n+1} − 273.15 K), as the step
+            uses it, so C ΔT/Δt = ASR − OLR + D𝓛T closes per step) and ``albedo`` (1); and
+            ``periodic_state``, T₀ ``(band,)`` K. Differentiable in every parameter.
+
+        Raises:
+            ValueError: ``steps_per_year`` < 4 or a bad ``initial``.
+            EquilibriumError: Newton did not converge from either start.
+        """
+        if steps_per_year < 4:
+            raise ValueError(
+                f"steps_per_year={steps_per_year} is too few for a seasonal cycle; use at least 4 "
+                "(48 gives 4 steps per month)."
+            )
+        values = self.parameter_values()
+        shortwave = self.processes["shortwave"]
+        assert isinstance(shortwave, AbsorbedShortwave)
+        ice_edge = shortwave.albedo
+        warm = values["a0"] + values["a2"] * self.legendre_p2_of_latitude
+        capacity = self._heat_capacity(values).expand(self.n_bands)
+        coefficients = [
+            values["S0"],
+            warm,
+            values["ai"],
+            values["Tf"],
+            values["A"],
+            values["B"],
+            values["D"],
+            capacity,
+        ]
+        cycle = _SeasonalCycle(
+            self._daily_insolation_pattern(steps_per_year),
+            float(seconds_per_year) / steps_per_year,
+            ice_edge.transition_width,
+            ice_edge.mode,
+            self.grid,
+        )
+        if tol is None:
+            tol = 1e-9 if warm.dtype == torch.float64 else 1e-3
+
+        def solve(start: Tensor) -> Tensor:
+            return equilibrium(
+                cycle.residual,
+                start,
+                coefficients,
+                jacobian=cycle.jacobian,
+                structure="dense",
+                tol=float(tol),
+                max_iter=max_iter,
+                info=info,
+            )
+
+        starts = self._periodic_starts(initial, cycle, coefficients, spin_up_years)
+        periodic_state = solve_with_restarts(solve, starts, recoverable=(EquilibriumError,))
+        if self.warm_periodic_state is not None:
+            with torch.no_grad():
+                self.warm_periodic_state.copy_(periodic_state.detach())
+        outputs = cycle.year_series(periodic_state, *coefficients)
+        outputs["periodic_state"] = periodic_state
+        return outputs
+
+    def _periodic_starts(
+        self,
+        initial: Tensor | None,
+        cycle: _SeasonalCycle,
+        coefficients: Sequence[Tensor],
+        spin_up_years: int,
+    ) -> Iterator[Tensor]:
+        """Starting guesses of T₀, best first; the cold one is spun up only when it is reached."""
+        if initial is not None:
+            start = torch.as_tensor(initial, dtype=self.legendre_p2_of_latitude.dtype)
+            if start.shape != (self.n_bands,) or not bool(torch.isfinite(start).all()):
+                raise ValueError(
+                    f"initial must be a finite temperature (K) per band, shape ({self.n_bands},); "
+                    f"got shape {tuple(start.shape)}. Pass e.g. a previous periodic_state."
+                )
+            yield start.to(self.legendre_p2_of_latitude.device)
+            return
+        warm = self.warm_periodic_state
+        if warm is not None and bool(torch.isfinite(warm).all()):
+            yield warm.detach().clone()
+        with torch.no_grad():
+            temperature = self.initial_state()["surface_temperature"]
+            fixed = [c.detach() for c in coefficients]
+            for _ in range(max(spin_up_years, 0)):
+                temperature = cycle.year(temperature, *fixed)
+        yield temperature
+
+    def _daily_insolation_pattern(self, steps_per_year: int) -> Tensor:
+        """Daily-mean insolation per unit S₀ at each step's central day, ``(step, band)``."""
+        grid = self.grid
+        like = self.legendre_p2_of_latitude
+        days = 1.0 + (torch.arange(steps_per_year, dtype=torch.float64) + 0.5) * (
+            365.2422 / steps_per_year
+        )
+        pattern = daily_mean_insolation(
+            grid.latitude_degrees.double().cpu().unsqueeze(0),
+            days.unsqueeze(-1),
+            solar_constant=1.0,
+        )
+        return pattern.to(device=like.device, dtype=like.dtype)
+
     # Diagnostics -----------------------------------------------------------------------------
 
     def diagnose(self, state: State) -> dict[str, Tensor]:
@@ -647,3 +929,172 @@ class EBM1D(Model):
         k = int(torch.nonzero(crossing)[0, -1])
         fraction = t[..., k] / (t[..., k] - t[..., k + 1])
         return lat[k] + fraction * (lat[k + 1] - lat[k])
+
+
+class _SeasonalCycle:
+    """One year of :meth:`EBM1D.periodic_cycle`'s time steps, as pure functions of tensors.
+
+    Every function takes the temperature and the coefficients ``(S₀ W m-2, warm albedo (band,),
+    a_i, T_f K, A W m-2, B W m-2 K-1, D W m-2 K-1, C (band,) J m-2 K-1)`` explicitly, so that
+    :func:`~climgrad.integrate.equilibrium` can solve for the periodic state and differentiate it
+    in the coefficients.
+
+    Args:
+        pattern: Daily-mean insolation per unit S₀ at each step, ``(step, band)``.
+        time_step: Δt in s.
+        transition_width, mode: Of the ice edge (:func:`~climgrad.physics.ebm.ice_fraction_kernel`).
+        grid: The latitude bands.
+    """
+
+    def __init__(
+        self,
+        pattern: Tensor,
+        time_step: float,
+        transition_width: Tensor | float,
+        mode: GradientMode,
+        grid: LatitudeGrid,
+    ) -> None:
+        self.pattern = pattern
+        self.time_step = time_step
+        self.transition_width = transition_width
+        self.mode = mode
+        self.grid = grid
+
+    def step(
+        self, temperature: Tensor, index: int, *coefficients: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(T_{n+1}, Q_n, α_n)``: one step of the scheme of :meth:`EBM1D.periodic_cycle`."""
+        solar_constant, warm, ice_albedo, freezing, intercept, slope, diffusivity, capacity = (
+            coefficients
+        )
+        insolation = solar_constant * self.pattern[index]
+        ice = ice_fraction_kernel(freezing - temperature, self.transition_width, self.mode)
+        albedo = warm + (ice_albedo - warm) * ice
+        # OLR's B T part implicit: (C + B Δt) T¹ − Δt D 𝓛 T¹ = C T⁰ + Δt (Q(1 − α) − A + B T_0°C).
+        damped = capacity + slope * self.time_step
+        sources = insolation * (1.0 - albedo) - intercept + slope * float(freezing_point)
+        explicit = (capacity * temperature + self.time_step * sources) / damped
+        # The kernel without value checks: the Jacobian below steps tangents (any sign) too.
+        updated = _implicit_step(explicit, diffusivity, damped, self.time_step, self.grid)
+        return updated, insolation, albedo
+
+    def year(self, temperature: Tensor, *coefficients: Tensor) -> Tensor:
+        """Φ(T₀): the temperature after one year of steps, K."""
+        for index in range(self.pattern.shape[0]):
+            temperature = self.step(temperature, index, *coefficients)[0]
+        return temperature
+
+    def residual(self, temperature: Tensor, *coefficients: Tensor) -> Tensor:
+        """F(T₀) = Φ(T₀) − T₀ in K: zero on the periodic cycle."""
+        return self.year(temperature, *coefficients) - temperature
+
+    def jacobian(self, temperature: Tensor, *coefficients: Tensor) -> Tensor:
+        """∂F/∂T₀ = ∂Φ/∂T₀ − I, ``(band, band)``, by the tangent-linear year (exact).
+
+        Each step maps a tangent δT to ``𝓘⁻¹((C + Δt ∂S/∂T) δT / (C + B Δt))`` with 𝓘 the
+        implicit diffusion and ``∂S/∂T = −Q (a_i − warm) ∂h/∂T`` the ice-albedo slope of the
+        explicit sources (local, so diagonal); all ``band`` unit tangents go through together.
+        """
+        solar_constant, warm, ice_albedo, freezing, _, slope, diffusivity, capacity = coefficients
+        count = temperature.shape[-1]
+        identity = torch.eye(count, dtype=temperature.dtype, device=temperature.device)
+        tangents = identity
+        damped = capacity + slope * self.time_step
+        for index in range(self.pattern.shape[0]):
+            with torch.enable_grad():
+                probe = temperature.detach().requires_grad_(True)
+                ice = ice_fraction_kernel(
+                    freezing.detach() - probe, self.transition_width, self.mode
+                )
+                (ice_slope,) = torch.autograd.grad(ice.sum(), probe)
+            insolation = solar_constant * self.pattern[index]
+            source_slope = -insolation * (ice_albedo - warm) * ice_slope
+            gain = (capacity + self.time_step * source_slope) / damped
+            tangents = _implicit_step(
+                gain * tangents, diffusivity, damped, self.time_step, self.grid
+            )
+            temperature = self.step(temperature, index, *coefficients)[0]
+        # Row k of `tangents` is the response to a unit change of T₀ in band k: a column of ∂Φ/∂T₀.
+        return tangents.transpose(-1, -2) - identity
+
+    def year_series(self, start: Tensor, *coefficients: Tensor) -> dict[str, Tensor]:
+        """One year from ``start`` with every step's outputs (see :meth:`EBM1D.periodic_cycle`)."""
+        intercept, slope = coefficients[4], coefficients[5]
+        series: dict[str, list[Tensor]] = {
+            name: []
+            for name in (
+                "surface_temperature",
+                "insolation",
+                "absorbed_shortwave_radiation",
+                "reflected_shortwave_radiation",
+                "outgoing_longwave_radiation",
+                "albedo",
+            )
+        }
+        temperature = start
+        for index in range(self.pattern.shape[0]):
+            updated, insolation, albedo = self.step(temperature, index, *coefficients)
+            series["surface_temperature"].append(0.5 * (temperature + updated))
+            series["insolation"].append(insolation.expand_as(updated))
+            series["absorbed_shortwave_radiation"].append(insolation * (1.0 - albedo))
+            series["reflected_shortwave_radiation"].append(insolation * albedo)
+            series["outgoing_longwave_radiation"].append(
+                intercept + slope * (updated - float(freezing_point))
+            )
+            series["albedo"].append(albedo.expand_as(updated))
+            temperature = updated
+        return {name: torch.stack(values) for name, values in series.items()}
+
+
+def monthly_means(series: Tensor, months: int = 12) -> Tensor:
+    """Means over equal months of a periodic year of steps: ``(step, ...)`` to ``(month, ...)``.
+
+    The model's months are 12 equal parts of the tropical year (30.44 days) from 1 January; a
+    calendar month differs from its model month by at most two days at either end, small against
+    the one-to-two-month lag of the seasonal cycle.
+
+    Args:
+        series: One value per step, steps first; the number of steps a multiple of ``months``.
+        months: Number of months (12).
+
+    Returns:
+        ``(months, ...)``, in the units of ``series``.
+
+    Raises:
+        ValueError: The steps do not divide into ``months`` equal months.
+
+    >>> import torch
+    >>> monthly_means(torch.arange(24.0), months=12)[:3]
+    tensor([0.5000, 2.5000, 4.5000])
+    """
+    steps = series.shape[0]
+    if months < 1 or steps % months:
+        raise ValueError(
+            f"{steps} steps per year do not divide into {months} equal months; use a multiple "
+            f"of {months} steps per year (e.g. {months * max(1, round(steps / months))})."
+        )
+    return series.reshape(months, steps // months, *series.shape[1:]).mean(dim=1)
+
+
+def _checked_land_fraction(land_fraction: Tensor | Sequence[float], bands: int) -> Tensor:
+    """``land_fraction`` as a float64 ``(band,)`` tensor; a one-line ValueError names the fix."""
+    fraction = torch.as_tensor(land_fraction, dtype=torch.float64).detach().cpu()
+    if fraction.shape != (bands,):
+        raise ValueError(
+            f"land_fraction has shape {tuple(fraction.shape)} but the model has {bands} latitude "
+            f"bands; give one value per band, shape ({bands},), e.g. the shipped file averaged "
+            "onto the bands (the ebm1d_seasonal adapter does this from model.options)."
+        )
+    if not bool(torch.isfinite(fraction).all()):
+        raise ValueError(
+            "land_fraction contains NaN or infinite values; fill missing bands (e.g. with 0 for "
+            "open ocean) before building the model."
+        )
+    low, high = float(fraction.min()), float(fraction.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"land_fraction must lie in [0, 1] (a fraction of each band's area); got values "
+            f"from {low:g} to {high:g}. Divide a percentage by 100, or clip with "
+            "land_fraction.clamp(0, 1)."
+        )
+    return fraction

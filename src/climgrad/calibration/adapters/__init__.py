@@ -1,6 +1,7 @@
 """Model adapters: each maps one model family's outputs onto observations.
 
-``model.name`` in the config selects one: ``ebm1d``, ``two_layer``, ``column``,
+``model.name`` in the config selects one: ``ebm1d``, ``ebm1d_seasonal`` (its seasonal cycle
+with land and ocean heat capacities, monthly means), ``two_layer``, ``column``,
 ``column_sites`` (the column at several sites, parameters shared), ``surface_flux``.
 The interface and the registry are in :mod:`climgrad.calibration.adapters.base`; importing this
 package registers every family.
@@ -17,6 +18,7 @@ from climgrad.calibration.adapters.base import (
 )
 from climgrad.calibration.adapters.column import ColumnAdapter
 from climgrad.calibration.adapters.ebm1d import EBM1DAdapter
+from climgrad.calibration.adapters.ebm1d_seasonal import EBM1DSeasonalAdapter
 from climgrad.calibration.adapters.multisite import ColumnSitesAdapter
 from climgrad.calibration.adapters.surface_flux import SurfaceFluxAdapter
 from climgrad.calibration.adapters.two_layer import TwoLayerAdapter
@@ -26,6 +28,7 @@ __all__ = [
     "ColumnAdapter",
     "ColumnSitesAdapter",
     "EBM1DAdapter",
+    "EBM1DSeasonalAdapter",
     "ModelAdapter",
     "ObservationLayout",
     "SurfaceFluxAdapter",
