@@ -71,7 +71,7 @@ def solved() -> tuple[SingleColumnModel, dict[str, torch.Tensor]]:
         ({"radiation": "grey"}, "not a scheme"),
         ({"background": None}, "background"),
         ({"humidity": "prognostic"}, "not a mode"),
-        ({"moisture": True, "diffusivity": 1.0}, "prognostic humidity"),
+        ({"moisture": True, "learn": ("critical_lapse_rate",)}, "moist adiabat"),
         ({"learn": ("surface_optical_depth",)}, "Unknown parameter"),
     ],
 )

@@ -30,6 +30,11 @@ class Model(nn.Module):
     processes, so that no diagnostic silently hides another).
     """
 
+    #: Diagnostics added to the state that the processes after the one producing them see (in
+    #: the order of ``processes``), e.g. the surface latent heat flux that moist convection
+    #: releases in the column.
+    passed_on: tuple[str, ...] = ()
+
     def __init__(self, processes: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.processes = nn.ModuleDict(dict(processes or {}))
@@ -40,6 +45,9 @@ class Model(nn.Module):
         origin: dict[str, str] = {}
         for name, process in self.processes.items():
             process_tendencies, process_diagnostics = process(state)
+            passed = {k: process_diagnostics[k] for k in self.passed_on if k in process_diagnostics}
+            if passed:
+                state = {**state, **passed}
             for variable, tendency in process_tendencies.items():
                 previous = tendencies.get(variable)
                 tendencies[variable] = tendency if previous is None else previous + tendency

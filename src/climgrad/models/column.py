@@ -43,10 +43,10 @@ With ``radiation="rrtmg"`` the table loses ``surface_optical_depth`` and ``press
 ``surface_albedo`` becomes RRTMG's broadband surface albedo (with no clouds it stands for the
 reflection by clouds as well), and the humidity parameter is added: ``humidity_scale`` (1,
 (0, ∞), log) or ``surface_relative_humidity`` (1, (0, 1)). Regime: clear-sky correlated-k
-radiation, no latent heat (the surface loses energy by radiation and sensible heat only, so the
-surface is warmer than an ocean's for the same absorbed sunlight), no export of energy by a
-circulation. Near the runaway-greenhouse limit (fixed relative humidity, absorbed sunlight above
-about 280 W m-2) the equilibrium becomes ill-conditioned or ceases to exist; the background
+radiation; dry (``moisture=False``): no latent heat (the surface loses energy by radiation and
+sensible heat only) and a fixed convective lapse rate; no export of energy by a circulation.
+Near the runaway-greenhouse limit (fixed relative humidity, absorbed sunlight above about
+280 W m-2) the equilibrium becomes ill-conditioned or ceases to exist; the background
 humidity mode has no water-vapour feedback and stays well-conditioned.
 
 Options add, with their own parameters (declared the same way):
@@ -58,6 +58,22 @@ Options add, with their own parameters (declared the same way):
   coefficient C_E (``moisture_exchange``) and large-scale condensation above a critical relative
   humidity (``critical_relative_humidity``, (0, 1)) with latent heating (the gray radiation does not
   see the vapour).
+
+**The moist RRTMG column** (``radiation="rrtmg", moisture=True``): the vapour RRTMG sees stays
+diagnosed (``humidity=``, fixed relative humidity by default in the configs), and the latent heat
+enters the energy budget: the surface loses the bulk latent heat flux
+``LE = ρ C_E |U| L (q_s(T_s) - q_{L-1})`` (:func:`~climgrad.physics.surface.latent_heat_flux`, the
+lowest layer's diagnosed ``q``) besides the sensible heat, and moist Betts–Miller convection
+(:class:`~climgrad.physics.moist_convection.MoistBettsMillerConvection`) relaxes the column toward
+the moist pseudo-adiabat through the lowest layer and releases exactly ``LE`` in the convecting
+layers (precipitation equals evaporation). The troposphere then follows the moist adiabat and a
+tropopause forms where the radiative profile is warmer than it; ozone from the background heats
+the stratosphere. Parameters: ``surface_albedo``, ``relaxation_time``, ``heat_exchange``,
+``moisture_exchange`` (C_E) and the humidity parameter; ``critical_lapse_rate`` does not exist
+(the lapse rate is the moist adiabat's). Energy is conserved: at equilibrium the net flux at the
+top of the atmosphere vanishes (tested). Regime: a clear-sky tropical or global-mean column over
+an ocean mixed layer (no clouds: ``surface_albedo`` stands for their reflection; no large-scale
+ascent or descent, no entrainment, no ice), the sub-cloud layer folded into the lowest layer.
 """
 
 from __future__ import annotations
@@ -82,6 +98,7 @@ from climgrad.models.specs import HEAT_EXCHANGE, MOISTURE_EXCHANGE
 from climgrad.params import ParamSpec, TransformName, constrain
 from climgrad.physics.convection import BettsMillerConvection
 from climgrad.physics.diffusion import VerticalDiffusion, VerticalGrid
+from climgrad.physics.moist_convection import MoistBettsMillerConvection
 from climgrad.physics.radiation import GrayRadiation
 from climgrad.physics.surface import SurfaceFluxes
 from climgrad.physics.thermo import (
@@ -226,7 +243,8 @@ class SingleColumnModel(Model):
         surface_optical_depth, pressure_exponent, surface_albedo, critical_lapse_rate,
             relaxation_time, heat_exchange: initial parameter values (SI; table above).
         diffusivity, moisture, moisture_exchange, critical_relative_humidity: the options above
-            (gray radiation only for ``moisture``).
+            (with ``radiation="rrtmg"``, ``moisture=True`` is the moist RRTMG column: latent heat
+            flux and moist Betts–Miller convection, vapour still diagnosed by ``humidity=``).
         radiation: ``"gray"`` (default) or ``"rrtmg"`` (needs ``climgrad[rrtmg]``).
         background: With RRTMG: the background atmosphere (a
             :class:`~climgrad.data.afgl.ReferenceAtmosphere`, e.g. from
@@ -292,21 +310,32 @@ class SingleColumnModel(Model):
                 f"humidity={humidity!r} is not a mode; choose one of {list(HUMIDITY_MODES)}."
             )
         names += [HUMIDITY_MODES[humidity]] if rrtmg else []
+        moist_rrtmg = rrtmg and moisture
+        if moist_rrtmg:
+            names = [n for n in names if n != "critical_lapse_rate"]
+            if learn is not None and "critical_lapse_rate" in learn:
+                raise ValueError(
+                    "radiation='rrtmg' with moisture=True relaxes toward the moist adiabat and "
+                    "has no critical_lapse_rate; drop it from learn= (learn relaxation_time, "
+                    "moisture_exchange, ...)."
+                )
         if learn is None:
             learn = tuple(names)
             learn += ("vertical_diffusivity",) if diffusivity is not None else ()
-            learn += ("moisture_exchange", "critical_relative_humidity") if moisture else ()
+            if moist_rrtmg:
+                learn += ("moisture_exchange",)
+            elif moisture:
+                learn += ("moisture_exchange", "critical_relative_humidity")
+        if moist_rrtmg and "critical_relative_humidity" in learn:
+            raise ValueError(
+                "radiation='rrtmg' with moisture=True diagnoses its vapour (humidity=) and has no "
+                "large-scale condensation; drop critical_relative_humidity from learn=."
+            )
         unknown = sorted(set(learn) - set(names) - set(OPTIONAL_SPECS))
         if unknown:
             raise ValueError(
                 f"Unknown parameter(s) {unknown} in learn= for radiation={radiation!r}; "
                 f"valid: {names + list(OPTIONAL_SPECS)}."
-            )
-        if rrtmg and moisture:
-            raise ValueError(
-                "radiation='rrtmg' takes its vapour from the background or a fixed relative "
-                "humidity (humidity=); moisture=True (prognostic humidity) works with "
-                "radiation='gray' only."
             )
         if isinstance(background, (str, Path)):
             raise TypeError(
@@ -322,6 +351,13 @@ class SingleColumnModel(Model):
         interfaces = surface_pressure * torch.arange(levels + 1, dtype=dtype) / levels
         layers = surface_pressure * (torch.arange(levels, dtype=dtype) + 0.5) / levels
         thickness = surface_pressure / levels
+        convection: nn.Module = (
+            MoistBettsMillerConvection(
+                layers, thickness, relaxation_time=relaxation_time, width=convective_width
+            )
+            if moist_rrtmg
+            else BettsMillerConvection(layers, width=convective_width)
+        )
         if rrtmg:
             assert background is not None
             radiative = self._rrtmg_processes(
@@ -348,12 +384,18 @@ class SingleColumnModel(Model):
                     lowest_level=-1,
                     moisture=moisture,
                 ),
-                "convection": BettsMillerConvection(layers, width=convective_width),
+                "convection": convection,
             }
         )
-        self.moisture = moisture
+        #: Prognostic specific humidity (gray radiation with ``moisture=True``).
+        self.moisture = moisture and not moist_rrtmg
+        #: Latent heat and moist convection with diagnosed vapour (RRTMG with ``moisture=True``).
+        self.moist_convection = moist_rrtmg
         self.radiation = radiation
-        if moisture and diffusivity is None:
+        if moist_rrtmg:
+            # The surface's latent heat flux is what moist convection releases in the column.
+            self.passed_on = ("latent_heat_flux",)
+        if moisture and not moist_rrtmg and diffusivity is None:
             raise ValueError(
                 "moisture=True needs vertical transport of vapour: pass a diffusivity (Pa2 s-1), "
                 "e.g. diffusivity=1.0."
@@ -362,7 +404,7 @@ class SingleColumnModel(Model):
             grid = VerticalGrid.from_interfaces(interfaces, coordinate="pressure")
             profile = torch.as_tensor(diffusivity, dtype=dtype).expand(levels).clone()
             self.processes["diffusion"] = VerticalDiffusion(grid, profile, time_step)
-        if moisture:
+        if moisture and not moist_rrtmg:
             assert diffusivity is not None
             # Vapour is mixed by the same eddies (same K, not separately calibrated).
             self.processes["humidity_diffusion"] = VerticalDiffusion(
@@ -392,7 +434,7 @@ class SingleColumnModel(Model):
             "heat_exchange": heat_exchange,
         }
         for name, (process, attribute) in _LOCATION.items():
-            if rrtmg and name in _GRAY_ONLY:
+            if (rrtmg and name in _GRAY_ONLY) or (moist_rrtmg and name == "critical_lapse_rate"):
                 continue
             if rrtmg and process == "radiation":
                 process = "shortwave"
@@ -431,6 +473,7 @@ class SingleColumnModel(Model):
                 value=moisture_exchange,
                 learn="moisture_exchange" in learn,
             )
+        if moisture and not moist_rrtmg:
             condensation = self.processes["condensation"]
             for parameter in condensation.parameters():
                 parameter.requires_grad_(False)
@@ -539,6 +582,8 @@ class SingleColumnModel(Model):
                 state["air_temperature"], self.layer_pressure, self.surface_pressure
             )
             tendencies, diagnostics = super().forward({**state, "specific_humidity": humidity})
+            # The vapour is diagnosed: the evaporation's latent heat went to moist convection.
+            tendencies.pop("specific_humidity", None)
             return tendencies, {**diagnostics, "specific_humidity": humidity}
         return super().forward(state)
 

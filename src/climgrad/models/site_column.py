@@ -30,6 +30,7 @@ from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_ins
 __all__ = [
     "TWPICE_PRESSURE_LEVELS",
     "SiteColumnModel",
+    "cold_point",
     "interpolate_log_pressure",
     "largest_growth_rate",
 ]
@@ -82,6 +83,21 @@ def interpolate_log_pressure(values: Tensor, pressure: Tensor, target_pressure: 
     weight = (log_target - log_pressure[lower]) / (log_pressure[upper] - log_pressure[lower])
     weight = weight.to(values.dtype)
     return values[..., lower] * (1.0 - weight) + values[..., upper] * weight
+
+
+def cold_point(column: SingleColumnModel, air_temperature: Tensor) -> dict[str, float]:
+    """The coldest layer above 400 hPa: ``cold_point_pressure_Pa`` and ``cold_point_temperature_K``.
+
+    The cold-point tropopause of one equilibrium profile ``(level,)`` (K, top first) on the
+    column's layers (a layer, not interpolated: 25 hPa resolution with 40 layers).
+    """
+    upper = column.layer_pressure < 4.0e4
+    temperature = air_temperature.detach().masked_fill(~upper, float("inf"))
+    index = int(torch.argmin(temperature))
+    return {
+        "cold_point_pressure_Pa": float(column.layer_pressure[index]),
+        "cold_point_temperature_K": float(air_temperature[index]),
+    }
 
 
 class SiteColumnModel(SingleColumnModel):

@@ -27,7 +27,7 @@ from climgrad.data import ModelGrid
 from climgrad.data.afgl import read_afgl
 from climgrad.models import Model, SingleColumnModel, SiteColumnModel
 from climgrad.models.column import OPTIONAL_SPECS, RRTMG_SPECS, SPECS
-from climgrad.models.site_column import interpolate_log_pressure, largest_growth_rate
+from climgrad.models.site_column import cold_point, interpolate_log_pressure, largest_growth_rate
 
 __all__ = ["ColumnAdapter"]
 
@@ -148,4 +148,5 @@ class ColumnAdapter(ModelAdapter):
                 column.warm_state["air_temperature"][0, -1]
             )
             result["largest_growth_rate_per_day"] = largest_growth_rate(column, column.warm_state)
+            result.update(cold_point(column, column.warm_state["air_temperature"][0]))
         return result
