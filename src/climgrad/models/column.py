@@ -51,6 +51,9 @@ humidity mode has no water-vapour feedback and stays well-conditioned.
 
 Options add, with their own parameters (declared the same way):
 
+* ``upwelling=w_0`` (m s-1): prescribed ascent of the tropopause layer above 200 hPa
+  (:class:`~climgrad.physics.ascent.TropopauseUpwelling`, the Brewer–Dobson upwelling that cools
+  the tropical tropopause adiabatically), parameter ``upwelling_velocity`` ((0, ∞), log);
 * ``diffusivity=K`` (Pa2 s-1, per level or scalar; K_p = (ρ g)² K_z converts from m2 s-1, see
   :func:`~climgrad.physics.diffusion.pressure_coordinate_diffusivity`): implicit vertical diffusion
   of temperature, parameter ``vertical_diffusivity`` (field, (0, ∞), log);
@@ -96,6 +99,7 @@ from climgrad.integrate import (
 from climgrad.models.base import Model, functional
 from climgrad.models.specs import HEAT_EXCHANGE, MOISTURE_EXCHANGE
 from climgrad.params import ParamSpec, TransformName, constrain
+from climgrad.physics.ascent import TropopauseUpwelling
 from climgrad.physics.convection import BettsMillerConvection
 from climgrad.physics.diffusion import VerticalDiffusion, VerticalGrid
 from climgrad.physics.moist_convection import MoistBettsMillerConvection
@@ -137,6 +141,14 @@ OPTIONAL_SPECS: dict[str, ParamSpec] = {
     "moisture_exchange": MOISTURE_EXCHANGE,
     "critical_relative_humidity": ParamSpec(
         "critical_relative_humidity", "1", 0.9, (0.0, 1.0), "onset of large-scale condensation"
+    ),
+    "upwelling_velocity": ParamSpec(
+        "upwelling_velocity",
+        "m s-1",
+        3.0e-4,
+        (0.0, None),
+        "upward velocity of the tropopause layer (prescribed ascent above 200 hPa)",
+        transform=_LOG,
     ),
 }
 SPECS: dict[str, ParamSpec] = {
@@ -242,9 +254,10 @@ class SingleColumnModel(Model):
         convective_width: δ in K of the logistic convective switch.
         surface_optical_depth, pressure_exponent, surface_albedo, critical_lapse_rate,
             relaxation_time, heat_exchange: initial parameter values (SI; table above).
-        diffusivity, moisture, moisture_exchange, critical_relative_humidity: the options above
-            (with ``radiation="rrtmg"``, ``moisture=True`` is the moist RRTMG column: latent heat
-            flux and moist Betts–Miller convection, vapour still diagnosed by ``humidity=``).
+        diffusivity, upwelling, moisture, moisture_exchange, critical_relative_humidity: the
+            options above (with ``radiation="rrtmg"``, ``moisture=True`` is the moist RRTMG
+            column: latent heat flux and moist Betts–Miller convection, vapour still diagnosed
+            by ``humidity=``).
         radiation: ``"gray"`` (default) or ``"rrtmg"`` (needs ``climgrad[rrtmg]``).
         background: With RRTMG: the background atmosphere (a
             :class:`~climgrad.data.afgl.ReferenceAtmosphere`, e.g. from
@@ -284,6 +297,7 @@ class SingleColumnModel(Model):
         relaxation_time: float = 4.0 * 3600.0,
         heat_exchange: float = 1.5e-3,
         diffusivity: float | Tensor | None = None,
+        upwelling: float | None = None,
         moisture: bool = False,
         moisture_exchange: float = 1.5e-3,
         critical_relative_humidity: float = 0.9,
@@ -322,6 +336,7 @@ class SingleColumnModel(Model):
         if learn is None:
             learn = tuple(names)
             learn += ("vertical_diffusivity",) if diffusivity is not None else ()
+            learn += ("upwelling_velocity",) if upwelling is not None else ()
             if moist_rrtmg:
                 learn += ("moisture_exchange",)
             elif moisture:
@@ -400,6 +415,8 @@ class SingleColumnModel(Model):
                 "moisture=True needs vertical transport of vapour: pass a diffusivity (Pa2 s-1), "
                 "e.g. diffusivity=1.0."
             )
+        if upwelling is not None:
+            self.processes["upwelling"] = TropopauseUpwelling(layers, upwelling)
         if diffusivity is not None:
             grid = VerticalGrid.from_interfaces(interfaces, coordinate="pressure")
             profile = torch.as_tensor(diffusivity, dtype=dtype).expand(levels).clone()
@@ -458,6 +475,14 @@ class SingleColumnModel(Model):
                 value = humidity_scale
             self.humidity.to(dtype)
             constrain(self.humidity, name, RRTMG_SPECS[name], value=value, learn=name in learn)
+        if upwelling is not None:
+            constrain(
+                self.processes["upwelling"],
+                "upwelling_velocity",
+                OPTIONAL_SPECS["upwelling_velocity"],
+                value=upwelling,
+                learn="upwelling_velocity" in learn,
+            )
         if diffusivity is not None:
             constrain(
                 self.processes["diffusion"],
