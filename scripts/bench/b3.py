@@ -22,6 +22,13 @@ loss Φ(θ) of B3.4 at θ₀ = (190, 1.8, 0.45). Implementations of Φ and ∂Φ
 ``unrolled_modules`` (variant)
     The earlier "autograd" implementation: Newton through the model's modules
     (``functional(model, "heating")``, Jacobian by ``torch.func.jacrev``), recorded by autograd.
+``jax`` (variant; only when ``jax`` is installed: the extra ``bench-jax``)
+    B3 in **JAX** (``scripts/bench/b3_jax.py``; no climgrad): Newton on B3.2's tridiagonal
+    Jacobian inside ``jax.jit``, the gradient by implicit differentiation (``jax.custom_vjp``, one
+    transposed tridiagonal solve). The issue's target is climgrad's forward+backward within 2× of
+    it (``comparisons["ratio_forward_backward_custom_over_jax"]``, paired). Its JIT compile time is
+    its ``first_call_s`` (and ``compile_s``), outside the timed rounds. Without ``jax`` the row is
+    skipped with one line on stderr.
 ``finite_differences_forward`` / ``finite_differences_central`` (float64 only)
     ∂Φ/∂θ from P + 1 (forward, step 1e-8 in u = θ/θ₀, as B4.3 d) or 2P + 1 solves (central,
     step 1e-5 in u). Their "forward" column is the ``custom`` forward of the same rounds.
@@ -40,7 +47,9 @@ insolation and reflected shortwave against targets with the errors of ``data/spe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -54,6 +63,17 @@ from climgrad.integrate import EquilibriumError, EquilibriumInfo
 from climgrad.models import EBM1D
 from climgrad.models.base import functional
 from climgrad.params import physical_gradients
+
+#: The JAX reference runs only where ``jax`` is installed (``pip install -e '.[bench-jax]'``).
+JAX_AVAILABLE = importlib.util.find_spec("jax") is not None
+if JAX_AVAILABLE:
+    import b3_jax
+JAX_SKIPPED_MESSAGE = (
+    "B3: JAX row skipped: jax is not installed "
+    "(pip install -e '.[bench-jax]' to measure the issue's JAX target)"
+)
+#: Issue target: climgrad's B3 forward+backward within this factor of JAX jit (implicit gradient).
+JAX_TARGET_RATIO = 2.0
 
 CELSIUS = 273.15
 TOLERANCE = {"float64": 1e-9, "float32": 2e-2}
@@ -207,6 +227,23 @@ class Problem:
         self.theta0 = self.twin.theta0.clone()
         self.plain = PlainTorchB3(self.theta0.dtype, self.twin.observations)
         self.raw_parameters = list(self.model.parameters())
+        self._jax: Any = None
+
+    @property
+    def jax(self) -> Any:
+        """The JAX implementation (:class:`b3_jax.JaxB3`), built on first use (needs ``jax``)."""
+        if self._jax is None:
+            if not JAX_AVAILABLE:
+                raise RuntimeError(JAX_SKIPPED_MESSAGE)
+            b3_jax.configure_threads(torch.get_num_threads())
+            self._jax = b3_jax.JaxB3(
+                self.dtype_name,
+                self.twin.observations.double().cpu().numpy(),
+                self.tolerance,
+                b4.SIGMA_TEMPERATURE,
+                b4.SIGMA_OLR,
+            )
+        return self._jax
 
     def _loss(self, implementation: str, theta: Tensor) -> Tensor:
         if implementation == "plain_torch":
@@ -241,7 +278,18 @@ class Problem:
         return run
 
     def forward_backward(self, implementation: str) -> Callable[[], tuple[Tensor, Tensor]]:
-        """Φ and ∂Φ/∂θ = (∂Φ/∂A, ∂Φ/∂B, ∂Φ/∂D) in physical units."""
+        """Φ and ∂Φ/∂θ = (∂Φ/∂A, ∂Φ/∂B, ∂Φ/∂D) in physical units.
+
+        ``"jax"`` gives the JAX result as torch tensors (for the gate; the timed JAX callables are
+        ``problem.jax.forward`` and ``problem.jax.forward_backward``).
+        """
+        if implementation == "jax":
+
+            def run_jax() -> tuple[Tensor, Tensor]:
+                value, gradient = self.jax.result()
+                return torch.tensor(value), torch.tensor(gradient)
+
+            return run_jax
         if implementation.startswith("finite_differences"):
             return self._finite_differences(implementation.endswith("central"))
         if self._takes_theta(implementation):
@@ -377,9 +425,13 @@ def reference_check(problem: Problem, implementations: list[str]) -> dict[str, A
     """B3.6: equilibria (float64) and Φ, ∂Φ/∂θ at θ₀ for every exact implementation.
 
     float32: Φ within 1e-4 and each gradient entry within 3e-3 of the **float64** values (B3.6).
+    ``"jax"`` is gated in addition against climgrad's own result (``implicit``, same dtype: 1e-8
+    in float64, the float32 gates in float32) and on its Newton solve reaching the tolerance.
     """
     entries = _equilibrium_entries(problem.dtype_name)
     reference = GRADIENT_REFERENCE["float64"]
+    if "jax" in implementations:
+        entries.update(_jax_entries(problem))
     for name in implementations:
         loss, gradient = problem.forward_backward(name)()
         values = {"Phi": loss, "dA": gradient[0], "dB": gradient[1], "dD": gradient[2]}
@@ -392,6 +444,100 @@ def reference_check(problem: Problem, implementations: list[str]) -> dict[str, A
                 value, reference[quantity], tolerance
             )
     return {"passed": all(e["passed"] for e in entries.values()), "entries": entries}
+
+
+def _jax_entries(problem: Problem) -> dict[str, Any]:
+    """The JAX result against climgrad's B3 result, and its Newton solve at θ₀."""
+    entries: dict[str, Any] = {}
+    climgrad_loss, climgrad_gradient = problem.forward_backward("implicit")()
+    loss, gradient = problem.forward_backward("jax")()
+    float64 = problem.dtype_name == "float64"
+    for quantity, value, reference_value in (
+        ("Phi", loss, climgrad_loss),
+        ("gradient", gradient, climgrad_gradient),
+    ):
+        error = common.relative_error(value, reference_value)
+        tolerance = (
+            FLOAT64_GATE if float64 else FLOAT32_GATE["loss" if quantity == "Phi" else "gradient"]
+        )
+        entries[f"jax vs custom: {quantity}"] = {
+            "value": value.double().tolist(),
+            "reference": reference_value.double().tolist(),
+            "relative_error": error,
+            "tolerance": tolerance,
+            "passed": bool(math.isfinite(error) and error <= tolerance),
+        }
+    info = problem.jax.solve_info()
+    entries["jax: Newton reaches the tolerance"] = {
+        "value": info,
+        "reference": f"max |F| <= {problem.tolerance:g} W m-2, "
+        f"< {b3_jax.MAX_ITERATIONS} iterations",
+        "passed": info["max_residual"] <= problem.tolerance
+        and info["iterations"] < b3_jax.MAX_ITERATIONS,
+    }
+    return entries
+
+
+def _jax_entry(
+    problem: Problem,
+    forward: common.Timing,
+    forward_backward: common.Timing,
+    compile_s: dict[str, float],
+) -> dict[str, Any]:
+    """The ``jax`` row: the fields of :func:`_entry` (no saved-tensor figure: not a torch graph)."""
+    return {
+        "implementation": "jax",
+        "forward_s": forward.median_s,
+        "forward_backward_s": forward_backward.median_s,
+        "forward_cpu_s": forward.cpu_median_s,
+        "forward_backward_cpu_s": forward_backward.cpu_median_s,
+        "forward": forward.as_dict(),
+        "forward_backward": forward_backward.as_dict(),
+        "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
+        "peak_memory_forward_bytes": common.peak_memory_bytes(problem.jax.forward),
+        "peak_memory_bytes": common.peak_memory_bytes(problem.jax.forward_backward),
+        "saved_tensor_bytes": None,
+        # First call of forward+backward: trace, XLA compile and one run (section 0.3).
+        "first_call_s": compile_s["forward_backward"],
+        "compile_s": compile_s,
+    }
+
+
+def jax_results(
+    problem: Problem, timings: dict[str, common.Timing], compile_s: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The ``jax`` row, its comparisons and a summary, from interleaved rounds.
+
+    ``timings`` holds ``custom/forward``, ``custom/forward_backward``, ``autograd/...`` and
+    ``jax/...`` of the same rounds; the ratios are paired (section 0.3).
+    """
+    entry = _jax_entry(problem, timings["jax/forward"], timings["jax/forward_backward"], compile_s)
+    # t(custom) / t(jax) per round: the issue's target is <= 2 (forward+backward).
+    ratio = common.paired_ratio(timings["custom/forward_backward"], timings["jax/forward_backward"])
+    comparisons: dict[str, Any] = {
+        "ratio_forward_backward_custom_over_jax": {
+            **ratio,
+            "target": JAX_TARGET_RATIO,
+            "meets_target": ratio["median"] <= JAX_TARGET_RATIO,
+        },
+        "ratio_forward_custom_over_jax": common.paired_ratio(
+            timings["custom/forward"], timings["jax/forward"]
+        ),
+        "ratio_forward_backward_autograd_over_jax": common.paired_ratio(
+            timings["autograd/forward_backward"], timings["jax/forward_backward"]
+        ),
+        "gradient_relative_error_jax_vs_custom": common.relative_error(
+            problem.forward_backward("jax")()[1], problem.forward_backward("implicit")()[1]
+        ),
+        "jax_compile_s": compile_s,
+    }
+    summary = {
+        "available": True,
+        **b3_jax.versions(),
+        "newton": problem.jax.solve_info(),
+        "gradient": "implicit: jax.custom_vjp, one transposed tridiagonal solve (gtsv)",
+    }
+    return entry, comparisons, summary
 
 
 def _entry(
@@ -508,6 +654,17 @@ def adam_step_benchmark(steps: int) -> dict[str, Any]:
     }
 
 
+_jax_skip_reported = False
+
+
+def _report_jax_skipped() -> None:
+    """One line on stderr (stdout stays JSON with ``--json``), once per process."""
+    global _jax_skip_reported
+    if not _jax_skip_reported:
+        print(JAX_SKIPPED_MESSAGE, file=sys.stderr)
+        _jax_skip_reported = True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """B3 options for ``scripts/bench.py``."""
     parser.add_argument(
@@ -538,13 +695,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name: common.first_call_seconds(problem.forward_backward(implementation))
         for name, implementation in IMPLEMENTATIONS.items()
     }
-    check = reference_check(problem, list(IMPLEMENTATIONS.values()))
+    jax_compile_s: dict[str, float] = {}
+    if JAX_AVAILABLE:
+        # JIT compile time, reported on its own; the timed rounds below start after it.
+        jax_compile_s = problem.jax.compile_seconds(common.first_call_seconds)
+    else:
+        _report_jax_skipped()
+    gated = list(IMPLEMENTATIONS.values()) + (["jax"] if JAX_AVAILABLE else [])
+    check = reference_check(problem, gated)
     functions: dict[str, Callable[[], Any]] = {}
     for name, implementation in IMPLEMENTATIONS.items():
         functions[f"{name}/forward"] = problem.forward(implementation)
         functions[f"{name}/forward_backward"] = problem.forward_backward(implementation)
     for name in fd_names:
         functions[f"{name}/forward_backward"] = problem.forward_backward(name)
+    if JAX_AVAILABLE:
+        functions["jax/forward"] = problem.jax.forward
+        functions["jax/forward_backward"] = problem.jax.forward_backward
     timings = common.time_interleaved(functions, repeats=args.repeats, warmup=args.warmup)
     entries = {
         name: _entry(
@@ -582,6 +749,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["autograd/forward_backward"],
         timings["custom_raw_parameters/forward_backward"],
     )
+    jax_summary: dict[str, Any] = {"available": JAX_AVAILABLE}
+    if JAX_AVAILABLE:
+        variants["jax"], jax_comparisons, jax_summary = jax_results(problem, timings, jax_compile_s)
+        comparisons.update(jax_comparisons)
+    else:
+        jax_summary["skipped"] = JAX_SKIPPED_MESSAGE
     comparisons["saved_tensor_ratio_unrolled_modules_vs_custom"] = entries["unrolled_modules"][
         "saved_tensor_bytes"
     ] / max(entries["custom"]["saved_tensor_bytes"], 1)
@@ -616,5 +789,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "comparisons": comparisons,
         "calibration": calibration,
         "adam_step": adam,
+        "jax": jax_summary,
         "state_array_bytes": 90 * common.dtype_from_name(args.dtype).itemsize,
     }

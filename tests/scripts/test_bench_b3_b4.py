@@ -120,6 +120,84 @@ def test_b3_adam_step_of_the_ebm_ncep_calibration_runs(bench_modules: tuple[Any,
     assert result["speedup_tridiagonal_vs_dense"]["median"] > 0
 
 
+def test_b3_jax_reference_passes_the_gate_and_is_timed(
+    bench_modules: tuple[Any, Any, Any],
+) -> None:
+    # The optional JAX reference (extra bench-jax): same Φ and ∂Φ/∂θ as climgrad's implicit
+    # gradient to 1e-8 (float64), and a timing row from interleaved rounds (2 here, no assertion
+    # on the times: the machine is shared). CI does not install jax: skipped there.
+    pytest.importorskip("jax")
+    b3, _, common = bench_modules
+    sys.path.insert(0, str(REPOSITORY / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(REPOSITORY / "scripts"))
+    problem = b3.Problem("float64")
+    compile_s = problem.jax.compile_seconds(common.first_call_seconds)
+    check = b3.reference_check(problem, ["implicit", "jax"])
+    entries = check["entries"]
+    assert check["passed"], {k: v for k, v in entries.items() if not v["passed"]}
+    for name in ("jax vs custom: Phi", "jax vs custom: gradient"):
+        assert entries[name]["relative_error"] <= 1e-8 and entries[name]["tolerance"] == 1e-8
+    for quantity in ("Phi", "dA", "dB", "dD"):
+        assert entries[f"jax: {quantity}"]["relative_error"] <= 1e-8
+    # Newton from T⁰ at θ₀: 4 iterations to 1e-10 (B3.6); to 1e-9 no more.
+    assert entries["jax: Newton reaches the tolerance"]["value"]["iterations"] <= 4
+    functions = {}
+    for name, implementation in (("custom", "implicit"), ("autograd", "plain_torch")):
+        functions[f"{name}/forward"] = problem.forward(implementation)
+        functions[f"{name}/forward_backward"] = problem.forward_backward(implementation)
+    functions["jax/forward"] = problem.jax.forward
+    functions["jax/forward_backward"] = problem.jax.forward_backward
+    timings = common.time_interleaved(functions, repeats=2)
+    entry, comparisons, summary = b3.jax_results(problem, timings, compile_s)
+    assert compile_s["forward"] > 0 and entry["first_call_s"] == compile_s["forward_backward"]
+    assert entry["forward_backward_s"] > 0 and len(entry["forward_backward"]["samples_s"]) == 2
+    ratio = comparisons["ratio_forward_backward_custom_over_jax"]
+    assert ratio["target"] == 2.0 and ratio["median"] > 0
+    assert comparisons["gradient_relative_error_jax_vs_custom"] <= 1e-8
+    assert summary["available"] and summary["jax"]
+    result = {
+        "problem": "B3",
+        "dtype": "float64",
+        "machine": common.machine_info("cpu"),
+        "reference_check": check,
+        "custom": b3._entry(
+            problem, "implicit", timings["custom/forward"], timings["custom/forward_backward"], 0.0
+        ),
+        "autograd": b3._entry(
+            problem,
+            "plain_torch",
+            timings["autograd/forward"],
+            timings["autograd/forward_backward"],
+            0.0,
+        ),
+        "variants": {"jax": entry},
+        "comparisons": comparisons,
+    }
+    json.dumps(common.as_jsonable(result))
+    assert "| B3 | float64 | jax | " in bench._table([result])
+
+
+def test_b3_without_jax_says_once_how_to_install_it(
+    bench_modules: tuple[Any, Any, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b3 = bench_modules[0]
+    monkeypatch.setattr(b3, "JAX_AVAILABLE", False)
+    monkeypatch.setattr(b3, "_jax_skip_reported", False)
+    b3._report_jax_skipped()
+    b3._report_jax_skipped()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("JAX row skipped") == 1
+    assert "pip install -e '.[bench-jax]'" in captured.err
+    with pytest.raises(RuntimeError, match="bench-jax"):
+        _ = b3.Problem("float32").jax
+
+
 def test_b4_p91_reference_values(bench_modules: tuple[Any, Any, Any]) -> None:
     b4 = bench_modules[1]
     twin = b4.Twin(91)
