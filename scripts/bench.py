@@ -48,6 +48,7 @@ PROBLEMS = {
     "B2": "b2",
     "B3": "b3",
     "B4": "b4",
+    "COMPILE": "compile",
     "ENSEMBLE": "ensemble",
     "ROLLOUT": "rollout",
     "RRTMG": "rrtmg_column",

@@ -425,6 +425,18 @@ class TrainerConfig:
             too small for threads to pay, and on a shared machine threads cost far more (NUTS
             gradient of the two-layer posterior: 13 ms on 1 thread, 140-280 ms on 2 under load).
             Set back to what it was when the run ends.
+        compile: Compile the model's time step with ``torch.compile`` once per run
+            (:meth:`~climgrad.models.Model.compile_step`), so that rollouts and spin-ups (the
+            column's spin-up before Newton, the seasonal EBM rollout) run the compiled step:
+            the same values and gradients, faster steps after a compilation of seconds (each
+            logged: ``compiled <Model>.step in X s``; numbers in docs/benchmarks.md). Newton
+            solves and closed-form rollouts (the two-layer model) do not call the step and are
+            unaffected (one log line at the end says so); a step that cannot compile runs
+            eagerly with one warning line, never failing the run. Ensemble worker processes
+            stay eager.
+        compile_backend: ``inductor`` (fused generated kernels; needs a C++ compiler on the
+            CPU), ``aot_eager`` (forward and backward traced, run eagerly: quick to compile, for
+            debugging) or ``eager``.
     """
 
     max_steps: int = 300
@@ -442,6 +454,8 @@ class TrainerConfig:
     distributed: bool = False
     backend: str = "auto"
     threads: int | None = None
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @dataclass

@@ -20,6 +20,7 @@ writes, into its run directory, from which every rank resumes.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -38,8 +39,11 @@ from climgrad.calibration.experiment import as_config, build_experiment
 from climgrad.calibration.methods import StepSkipped, build_method
 from climgrad.calibration.rundir import RunLock
 from climgrad.calibration.services import RunServices
+from climgrad.models.base import COMPILE_BACKENDS, CompiledStep, Model
 
 __all__ = ["run_calibration"]
+
+log = logging.getLogger("climgrad.calibrate")
 
 
 def run_calibration(
@@ -70,6 +74,11 @@ def run_calibration(
         )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    if trainer.compile_backend not in COMPILE_BACKENDS:
+        raise CalibrationError(
+            f"trainer.compile_backend={trainer.compile_backend!r} is unknown; use one of "
+            f"{', '.join(COMPILE_BACKENDS)}."
+        )
     if trainer.threads is not None and trainer.threads < 1:
         raise CalibrationError(f"trainer.threads must be >= 1 (or null); got {trainer.threads}.")
     threads_before = torch.get_num_threads()
@@ -87,8 +96,12 @@ def _calibrate(
     trainer = config.trainer
 
     group = distributed.setup(trainer)  # [distributed] None: one process
+    model: Model | None = None
+    steps: list[CompiledStep] = []
     try:
         problem = build_experiment(config)  # fails on bad input before anything is written
+        model = problem.model
+        steps = _compile_steps(model, trainer.compile, trainer.compile_backend)
         parallel = distributed.shard(problem, group)  # [distributed] this rank's sites
         if parallel is None:
             problem.check()
@@ -122,4 +135,31 @@ def _calibrate(
                     services.advance(result)
             return services.finish(wall_start)
     finally:
+        _restore_steps(model, steps)
         distributed.teardown(group)
+
+
+def _compile_steps(model: Model, enabled: bool, backend: str) -> list[CompiledStep]:
+    """``trainer.compile``: the model's step compiled for the run (nothing when disabled)."""
+    if not enabled:
+        return []
+    steps = model.compile_step(backend)
+    log.info(
+        "trainer.compile: %s compiled with torch.compile (backend %s) on its first call.",
+        ", ".join(sorted({step.name for step in steps})),
+        backend,
+    )
+    return steps
+
+
+def _restore_steps(model: Model | None, steps: Sequence[CompiledStep]) -> None:
+    """Undo :func:`_compile_steps`; say so where no rollout ever called the compiled step."""
+    if model is None or not steps:
+        return
+    model.restore_step()
+    if not any(step.calls for step in steps):
+        log.info(
+            "trainer.compile had no effect: %s was never called (this model's simulation "
+            "solves equilibria by Newton's method or steps in closed form, without rollouts).",
+            steps[0].name,
+        )

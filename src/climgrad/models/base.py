@@ -4,11 +4,18 @@ A model is an ``nn.Module`` holding an ``nn.ModuleDict`` of named :class:`~climg
 objects (the composition of climlab's ``TimeDependentProcess`` with subprocesses). Calling it on a
 state returns the summed tendencies per state variable and the merged diagnostics; each process
 still runs on its own. Time stepping lives in :mod:`climgrad.integrate`.
+
+:meth:`Model.compile_step` swaps a model's ``step`` for a ``torch.compile``-d one (and
+:meth:`Model.restore_step` swaps it back), so that every rollout and spin-up that calls
+``model.step`` runs the compiled step: ``trainer.compile=true`` of the calibration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,7 +24,106 @@ from torch import Tensor, nn
 from climgrad import params as _params
 from climgrad.typing import Diagnostics, State, Tendencies
 
-__all__ = ["Model", "functional"]
+__all__ = ["COMPILE_BACKENDS", "CompiledStep", "Model", "functional"]
+
+log = logging.getLogger(__name__)
+
+#: ``torch.compile`` backends :meth:`Model.compile_step` accepts: ``inductor`` generates fused
+#: kernels (the fast one; C++ on the CPU, Triton on CUDA); ``aot_eager`` traces forward and
+#: backward through AOT autograd and runs them eagerly (quick to compile: for debugging and
+#: tests); ``eager`` only captures the graph with Dynamo.
+COMPILE_BACKENDS: tuple[str, ...] = ("inductor", "aot_eager", "eager")
+
+
+def _model_name(model: nn.Module) -> str:
+    """The class name, without the ``Parametrized`` subclass torch's parametrizations create."""
+    cls = type(model)
+    if torch.nn.utils.parametrize.is_parametrized(model):
+        cls = cls.__bases__[0]
+    return cls.__name__
+
+
+class CompiledStep:
+    """A model's ``step`` compiled by ``torch.compile``, timed, and eager where it cannot compile.
+
+    Called like the step it replaces. Compilation happens on the first call (and again when the
+    guards of the compiled code fail: another grad mode, an input that now requires grad, other
+    shapes); each such call logs one line ``compiled <Model>.step in X s``, whose time is that
+    call's wall time (compilation and one step). If Dynamo or the backend fails (an operation it
+    cannot trace or a missing compiler), one line says so and the step runs eagerly from then on:
+    compilation is an optimisation and never fails a run. Graph breaks (code Dynamo cannot
+    capture, such as NumPy behind :func:`~climgrad.autograd.external`) are not failures: the
+    compiled step runs those parts eagerly.
+
+    Picklable and deep-copyable (the copy compiles again on its first call).
+
+    Attributes:
+        model: The model whose step this is.
+        backend: One of :data:`COMPILE_BACKENDS`.
+        calls: Calls so far.
+        compilations: Calls that compiled.
+        compile_seconds: Wall time of those calls, in s.
+        fallback: Why the step runs eagerly (``None`` while compiled).
+    """
+
+    def __init__(self, model: Model, backend: str = "inductor") -> None:
+        if backend not in COMPILE_BACKENDS:
+            raise ValueError(
+                f"Unknown torch.compile backend {backend!r}; use one of "
+                f"{', '.join(COMPILE_BACKENDS)}."
+            )
+        self.model = model
+        self.backend = backend
+        self.calls = 0
+        self.compilations = 0
+        self.compile_seconds = 0.0
+        self.fallback: str | None = None
+        self._compiled: Callable[..., dict[str, Tensor]] | None = None
+
+    @property
+    def name(self) -> str:
+        """``<Model>.step``, for log lines."""
+        return f"{_model_name(self.model)}.step"
+
+    @property
+    def eager(self) -> Callable[..., dict[str, Tensor]]:
+        """The class's own ``step``, bound to the model (what this replaces)."""
+        method: Callable[..., dict[str, Tensor]] = type(self.model).step.__get__(self.model)
+        return method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        self.calls += 1
+        if self.fallback is not None:
+            return self.eager(*args, **kwargs)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.eager, backend=self.backend)
+        frames = torch._dynamo.utils.counters["frames"]
+        before = frames["total"]
+        start = time.perf_counter()
+        try:
+            result = self._compiled(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.fallback = f"{type(error).__name__}: {reason}"[:300]
+            log.warning(
+                "torch.compile not applied to %s (%s); it runs eagerly.", self.name, self.fallback
+            )
+            return self.eager(*args, **kwargs)
+        if frames["total"] != before:
+            seconds = time.perf_counter() - start
+            self.compilations += 1
+            self.compile_seconds += seconds
+            again = f", compilation {self.compilations}" if self.compilations > 1 else ""
+            log.info(
+                "compiled %s in %.2f s (backend %s%s)", self.name, seconds, self.backend, again
+            )
+        return result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CompiledStep, (self.model, self.backend))
+
+    def __repr__(self) -> str:
+        return f"CompiledStep({self.name}, backend={self.backend!r}, calls={self.calls})"
 
 
 class Model(nn.Module):
@@ -68,6 +174,50 @@ class Model(nn.Module):
             name: value + time_step * tendencies[name] if name in tendencies else value
             for name, value in state.items()
         }
+
+    # Compiled time stepping -----------------------------------------------------------------
+
+    def compile_step(self, backend: str = "inductor") -> list[CompiledStep]:
+        """Make ``step`` (of this model and of every model inside it) a :class:`CompiledStep`.
+
+        Rollouts and spin-ups call ``model.step`` (:func:`climgrad.integrate.rollout`), so they
+        then run the compiled step: one graph per step instead of one Python call per operation,
+        the same values and parameter gradients (to rounding). The instance attribute ``step``
+        shadows the class's method; :meth:`restore_step` removes it. Calling this again replaces
+        the compiled steps (e.g. with another backend).
+
+        Args:
+            backend: One of :data:`COMPILE_BACKENDS`.
+
+        Returns:
+            The compiled steps, this model's first (sub-models: e.g. the site columns of a
+            multi-site model).
+
+        Raises:
+            ValueError: An unknown backend (the message lists the valid ones).
+        """
+        steps = []
+        for module in self.modules():
+            if isinstance(module, Model):
+                compiled = CompiledStep(module, backend)
+                module.__dict__["step"] = compiled
+                steps.append(compiled)
+        return steps
+
+    def restore_step(self) -> None:
+        """Undo :meth:`compile_step`: ``step`` is the class's method again (here and inside)."""
+        for module in self.modules():
+            if isinstance(module, Model):
+                module.__dict__.pop("step", None)
+
+    @contextmanager
+    def compiled_step(self, backend: str = "inductor") -> Iterator[list[CompiledStep]]:
+        """:meth:`compile_step` for the ``with`` block, then :meth:`restore_step`."""
+        steps = self.compile_step(backend)
+        try:
+            yield steps
+        finally:
+            self.restore_step()
 
     # Parameter bookkeeping (see climgrad.params) -------------------------------------------
 
