@@ -1,7 +1,7 @@
 """Benchmark RRTMG: the single column with RRTMG radiation against the gray column.
 
 Both columns are :class:`climgrad.models.column.SingleColumnModel` at Darwin on 22 January
-(daily-mean insolation, the TWP-ICE set-up of ``experiment=column_rrtmg_twpice``), with the same
+(daily-mean insolation, the TWP-ICE set-up of the dry ``model=column_rrtmg``), with the same
 levels, convection and surface; only the radiation differs (``radiation="rrtmg"``: AFGL tropical
 ozone and gases, AFGL humidity times ``humidity_scale``; ``radiation="gray"``: the gray two-stream
 scheme). The learnable parameters are those of the experiments (RRTMG: surface albedo, humidity

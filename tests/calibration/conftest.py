@@ -21,6 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 NEEDS = {
     "column_rrtmg_twpice": ("climt", "pip install 'climgrad[rrtmg]'"),
     "column_sites_afgl": ("climt", "pip install 'climgrad[rrtmg]'"),
+    "twin_column_rrtmg": ("climt", "pip install 'climgrad[rrtmg]'"),
 }
 
 
