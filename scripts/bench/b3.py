@@ -487,13 +487,7 @@ def _jax_entry(
     """The ``jax`` row: the fields of :func:`_entry` (no saved-tensor figure: not a torch graph)."""
     return {
         "implementation": "jax",
-        "forward_s": forward.median_s,
-        "forward_backward_s": forward_backward.median_s,
-        "forward_cpu_s": forward.cpu_median_s,
-        "forward_backward_cpu_s": forward_backward.cpu_median_s,
-        "forward": forward.as_dict(),
-        "forward_backward": forward_backward.as_dict(),
-        "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
+        **_timing_fields(forward, forward_backward),
         "peak_memory_forward_bytes": common.peak_memory_bytes(problem.jax.forward),
         "peak_memory_bytes": common.peak_memory_bytes(problem.jax.forward_backward),
         "saved_tensor_bytes": None,
@@ -540,6 +534,19 @@ def jax_results(
     return entry, comparisons, summary
 
 
+def _timing_fields(forward: common.Timing, forward_backward: common.Timing) -> dict[str, Any]:
+    """Medians (wall and CPU), the timings and the paired ratio of a timing-table row."""
+    return {
+        "forward_s": forward.median_s,
+        "forward_backward_s": forward_backward.median_s,
+        "forward_cpu_s": forward.cpu_median_s,
+        "forward_backward_cpu_s": forward_backward.cpu_median_s,
+        "forward": forward.as_dict(),
+        "forward_backward": forward_backward.as_dict(),
+        "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
+    }
+
+
 def _entry(
     problem: Problem,
     implementation: str,
@@ -550,13 +557,7 @@ def _entry(
     exact = not implementation.startswith("finite_differences")
     return {
         "implementation": implementation,
-        "forward_s": forward.median_s,
-        "forward_backward_s": forward_backward.median_s,
-        "forward_cpu_s": forward.cpu_median_s,
-        "forward_backward_cpu_s": forward_backward.cpu_median_s,
-        "forward": forward.as_dict(),
-        "forward_backward": forward_backward.as_dict(),
-        "grad_forward_ratio": common.paired_ratio(forward_backward, forward),
+        **_timing_fields(forward, forward_backward),
         "peak_memory_forward_bytes": common.peak_memory_bytes(
             problem.forward(implementation if exact else "implicit")
         ),

@@ -3,9 +3,7 @@ implicit gradients (Newton Jacobian by forward mode through the finite-differenc
 
 from __future__ import annotations
 
-import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +14,20 @@ pytest.importorskip(
     "x86-64 Linux): pip install 'climgrad[rrtmg]'",
 )
 
-from climgrad.data.afgl import read_afgl
 from climgrad.integrate import jacobian as _jacobian
 from climgrad.models.base import functional
 from climgrad.models.column import SingleColumnModel
 from climgrad.params import physical_parameters
-from climgrad.physics.insolation import daily_mean_cosine_zenith, daily_mean_insolation
 
-F64 = torch.float64
-AFGL = Path(__file__).resolve().parents[2] / "data/single_column/afgl_standard_atmospheres"
-TROPICAL = read_afgl(AFGL / "tropical.dat")
+from .rrtmg_column import (
+    AFGL,
+    TROPICAL,
+    darwin_state,
+    equilibrium_taylor_rates,
+    gradients_and_central_differences,
+    solve,
+)
+
 LEVELS = 20
 LEARN = ("surface_albedo", "humidity_scale", "critical_lapse_rate")
 
@@ -42,23 +44,10 @@ def build(**options: object) -> SingleColumnModel:
     return SingleColumnModel(LEVELS, **settings)  # type: ignore[arg-type]
 
 
-def darwin_state(model: SingleColumnModel) -> dict[str, torch.Tensor]:
-    latitude = torch.tensor([-12.4], dtype=F64)
-    day = torch.tensor([22.0], dtype=F64)
-    return model.initial_state(
-        torch.tensor([300.0], dtype=F64),
-        daily_mean_insolation(latitude, day),
-        cosine_solar_zenith_angle=daily_mean_cosine_zenith(latitude, day),
-    )
-
-
 @pytest.fixture(scope="module")
 def solved() -> tuple[SingleColumnModel, dict[str, torch.Tensor]]:
     model = build()
-    state = darwin_state(model)
-    with torch.no_grad():
-        equilibrium = model.equilibrium(state, spin_up_steps=300)
-    return model, {**state, **{k: equilibrium[k].detach() for k in equilibrium}}
+    return model, solve(model, spin_up_steps=300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,54 +155,17 @@ def test_forward_mode_jacobian_matches_reverse_mode_rows(solved) -> None:
         torch.testing.assert_close(grad[0], jacobian[0, row], rtol=1e-6, atol=1e-6)
 
 
-def _loss(model: SingleColumnModel, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    equilibrium = model.equilibrium(state, spin_up_steps=0)
-    weights = torch.linspace(0.5, 1.5, LEVELS, dtype=F64)
-    return (weights * equilibrium["air_temperature"][0]).mean() + equilibrium[
-        "surface_temperature"
-    ][0]
-
-
 def test_implicit_gradient_matches_finite_differences_and_every_parameter_is_live(solved) -> None:
     model, state = solved
-    model.zero_grad()
-    _loss(model, state).backward()
-    raw = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    assert len(raw) == len(LEARN)
-    for name, parameter in raw.items():
-        gradient = float(parameter.grad)
-        assert torch.isfinite(parameter.grad) and gradient != 0.0, name
-        step = 2e-2  # raw (unconstrained) units; RRTMG's staircase needs steps well above 1e-5
-        with torch.no_grad():
-            parameter += step
-            plus = float(_loss(model, state))
-            parameter -= 2 * step
-            minus = float(_loss(model, state))
-            parameter += step
-        assert gradient == pytest.approx((plus - minus) / (2 * step), rel=3e-2), name
+    pairs = gradients_and_central_differences(model, state)
+    assert len(pairs) == len(LEARN)
+    for name, (gradient, difference) in pairs.items():
+        assert math.isfinite(gradient) and gradient != 0.0, name
+        assert gradient == pytest.approx(difference, rel=3e-2), name
 
 
 def test_taylor_remainder_of_the_equilibrium_converges_at_rate_two(solved) -> None:
     """r(h) = |L(θ + h d) - L(θ) - h <∇L, d>| halves twice per halving of h (rate 2)."""
     model, state = solved
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    direction = [torch.full_like(p, s) for p, s in zip(parameters, (1.0, -0.7, 0.5))]
-    base = [p.detach().clone() for p in parameters]
-
-    def loss_at(h: float) -> torch.Tensor:
-        with torch.no_grad():
-            for p, b, d in zip(parameters, base, direction):
-                p.copy_(b + h * d)
-        return _loss(model, state)
-
-    try:
-        model.zero_grad()
-        value = loss_at(0.0)
-        value.backward()
-        slope = sum(float((p.grad * d).sum()) for p, d in zip(parameters, direction))
-        steps = (0.16, 0.08, 0.04, 0.02)
-        remainders = [abs(float(loss_at(h)) - float(value) - h * slope) for h in steps]
-    finally:
-        loss_at(0.0)
-    rates = [math.log2(a / b) for a, b in itertools.pairwise(remainders)]
+    remainders, rates = equilibrium_taylor_rates(model, state, (1.0, -0.7, 0.5))
     assert all(1.7 < rate < 2.3 for rate in rates), (remainders, rates)
