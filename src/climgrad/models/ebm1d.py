@@ -90,8 +90,8 @@ from climgrad.physics.ebm import (
     MeridionalDiffusion,
     NetHeatingJacobian,
     OutgoingLongwave,
-    _implicit_step,
     ice_fraction_kernel,
+    implicit_meridional_diffusion_kernel,
     meridional_diffusion_kernel,
     net_heating_coefficients,
     net_heating_kernel,
@@ -106,7 +106,7 @@ from climgrad.physics.insolation import (
 from climgrad.tridiagonal import solve_tridiagonal
 from climgrad.typing import Diagnostics, State, Tendencies
 
-__all__ = ["EBM1D", "EquilibriumResidual", "monthly_means"]
+__all__ = ["EBM1D", "EquilibriumResidual", "latitude_band_edges", "monthly_means"]
 
 _LOG: TransformName = "exp"
 SPECS: dict[str, ParamSpec] = {
@@ -975,7 +975,9 @@ class _SeasonalCycle:
         sources = insolation * (1.0 - albedo) - intercept + slope * float(freezing_point)
         explicit = (capacity * temperature + self.time_step * sources) / damped
         # The kernel without value checks: the Jacobian below steps tangents (any sign) too.
-        updated = _implicit_step(explicit, diffusivity, damped, self.time_step, self.grid)
+        updated = implicit_meridional_diffusion_kernel(
+            explicit, diffusivity, damped, self.time_step, self.grid
+        )
         return updated, insolation, albedo
 
     def year(self, temperature: Tensor, *coefficients: Tensor) -> Tensor:
@@ -1010,7 +1012,7 @@ class _SeasonalCycle:
             insolation = solar_constant * self.pattern[index]
             source_slope = -insolation * (ice_albedo - warm) * ice_slope
             gain = (capacity + self.time_step * source_slope) / damped
-            tangents = _implicit_step(
+            tangents = implicit_meridional_diffusion_kernel(
                 gain * tangents, diffusivity, damped, self.time_step, self.grid
             )
             temperature = self.step(temperature, index, *coefficients)[0]
@@ -1044,6 +1046,17 @@ class _SeasonalCycle:
             series["albedo"].append(albedo.expand_as(updated))
             temperature = updated
         return {name: torch.stack(values) for name, values in series.items()}
+
+
+def latitude_band_edges(bands: int) -> list[float]:
+    """Boundaries in degrees north of ``bands`` equal latitude bands, -90 to 90 (``bands + 1``).
+
+    The bands of :class:`EBM1D` (:class:`~climgrad.physics.ebm.LatitudeGrid`), with the poles
+    exact, for averaging data onto them before a model exists (e.g. a land fraction).
+    """
+    edges = [float(b) for b in torch.rad2deg(LatitudeGrid.uniform(bands).band_boundaries)]
+    edges[0], edges[-1] = -90.0, 90.0
+    return edges
 
 
 def monthly_means(series: Tensor, months: int = 12) -> Tensor:

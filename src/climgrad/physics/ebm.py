@@ -107,6 +107,7 @@ __all__ = [
     "absorbed_shortwave",
     "ice_albedo",
     "ice_fraction_kernel",
+    "implicit_meridional_diffusion_kernel",
     "implicit_meridional_diffusion_step",
     "meridional_diffusion",
     "net_heating_coefficients",
@@ -772,17 +773,23 @@ def implicit_meridional_diffusion_step(
         "heat_capacity", heat_capacity, "J m-2 K-1", "A 50 m ocean mixed layer has 2.1e8."
     )
     check_positive("time_step", time_step, "s")
-    return _implicit_step(surface_temperature, diffusivity, heat_capacity, time_step, grid)
+    return implicit_meridional_diffusion_kernel(
+        surface_temperature, diffusivity, heat_capacity, time_step, grid
+    )
 
 
-def _implicit_step(
+def implicit_meridional_diffusion_kernel(
     surface_temperature: Tensor,
     diffusivity: Tensor | float,
     heat_capacity: Tensor | float,
     time_step: float,
     grid: LatitudeGrid,
 ) -> Tensor:
-    # No value checks here: this path runs under torch.func transforms and on CUDA without syncs.
+    """:func:`implicit_meridional_diffusion_step` without value checks (same arguments).
+
+    For paths that run under ``torch.func`` transforms, on CUDA without host syncs, or on
+    tangents (perturbations of any sign, not temperatures), e.g. a tangent-linear model.
+    """
     like = surface_temperature
     diffusivity_tensor = torch.as_tensor(diffusivity, dtype=like.dtype, device=like.device)
     if diffusivity_tensor.ndim:
@@ -884,7 +891,9 @@ class MeridionalDiffusion(_EnergyBalanceProcess):
                 "build MeridionalDiffusion(grid, heat_capacity=...)."
             )
         _check_bands(surface_temperature, self.grid, "surface_temperature")
-        return _implicit_step(surface_temperature, self.diffusivity, capacity, time_step, self.grid)
+        return implicit_meridional_diffusion_kernel(
+            surface_temperature, self.diffusivity, capacity, time_step, self.grid
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,8 +37,7 @@ from climgrad.calibration.errors import CalibrationError
 from climgrad.constants import density_water, heat_capacity_water
 from climgrad.data import ModelGrid, ObservationSpec, load_observation
 from climgrad.models import EBM1D, Model
-from climgrad.models.ebm1d import SPECS, monthly_means
-from climgrad.physics.ebm import LatitudeGrid
+from climgrad.models.ebm1d import SPECS, latitude_band_edges, monthly_means
 
 __all__ = ["EBM1DSeasonalAdapter", "read_land_fraction"]
 
@@ -72,9 +71,7 @@ def read_land_fraction(
     Raises:
         ObservationError, CalibrationError: One line naming the file and the fix.
     """
-    edges = torch.rad2deg(LatitudeGrid.uniform(bands, dtype=torch.float64).band_boundaries)
-    bounds = [float(b) for b in edges]
-    bounds[0], bounds[-1] = -90.0, 90.0
+    bounds = latitude_band_edges(bands)
     spec = ObservationSpec(
         name="land_fraction",
         path=str(path),
