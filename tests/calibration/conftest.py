@@ -31,15 +31,22 @@ def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+#: Experiments whose few-step run is slow (two cold RRTMG equilibria, about 35 s): their model is
+#: run in the default suite by another experiment (column_rrtmg_twpice), so they are `slow`.
+SLOW_EXPERIMENTS = {"twin_column_rrtmg"}
+
 #: EXPERIMENTS for tests that run them: skipped, with the install command, where an extra is
 #: missing (composing them needs nothing).
 RUNNABLE_EXPERIMENTS = [
     pytest.param(
         name,
-        marks=pytest.mark.skipif(
-            name in NEEDS and not _available(NEEDS[name][0]),
-            reason=f"{name} needs an optional extra: {NEEDS.get(name, ('', ''))[1]}",
-        ),
+        marks=[
+            pytest.mark.skipif(
+                name in NEEDS and not _available(NEEDS[name][0]),
+                reason=f"{name} needs an optional extra: {NEEDS.get(name, ('', ''))[1]}",
+            ),
+            *([pytest.mark.slow] if name in SLOW_EXPERIMENTS else []),
+        ],
     )
     for name in EXPERIMENTS
 ]
