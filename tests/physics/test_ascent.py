@@ -143,3 +143,13 @@ def test_column_option_cools_the_upper_layers_and_its_parameter_is_live() -> Non
     lifted["air_temperature"][0, upper].sum().backward()
     gradient = model.processes["upwelling"].parametrizations["upwelling_velocity"].original.grad
     assert gradient is not None and bool(torch.isfinite(gradient)) and float(gradient) < 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ascent_runs_on_cuda_and_matches_cpu() -> None:
+    pressure = grid(16)
+    temperature = tropical(16, seed=11)
+    cpu = ascent_tendency(temperature, pressure, 3.0e-4)
+    gpu = ascent_tendency(temperature.cuda(), pressure.cuda(), 3.0e-4)
+    torch.testing.assert_close(gpu.cpu(), cpu)

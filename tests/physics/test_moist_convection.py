@@ -10,11 +10,13 @@ from climgrad.constants import gravity, heat_capacity_dry_air, latent_heat_vapor
 from climgrad.physics.moist_convection import (
     MoistBettsMillerConvection,
     _MoistBettsMillerFunction,
+    _saturated_equivalent_newton,
     moist_adiabat,
     moist_adiabat_kernel,
     moist_betts_miller_kernel,
     moist_betts_miller_tendency,
     pseudoadiabatic_lapse_rate,
+    saturated_equivalent_temperature,
 )
 from climgrad.physics.thermo import saturation_specific_humidity
 
@@ -115,6 +117,46 @@ def test_adiabat_validation_messages() -> None:
         moist_adiabat(torch.tensor(300.0, dtype=F64), pressure.flip(0))
 
 
+def test_saturated_equivalent_has_the_moist_static_energy_of_the_parcel() -> None:
+    temperature = torch.tensor([300.0, 290.0, 280.0], dtype=F64)
+    pressure = torch.tensor(9.875e4, dtype=F64)
+    saturated = saturation_specific_humidity(temperature, pressure)
+    humidity = saturated * torch.tensor([0.8, 1.0, 0.5], dtype=F64)
+    anchor = saturated_equivalent_temperature(temperature, humidity, pressure)
+    cp, lv = float(heat_capacity_dry_air), float(latent_heat_vaporization)
+    energy = cp * anchor + lv * saturation_specific_humidity(anchor, pressure)
+    torch.testing.assert_close(energy, cp * temperature + lv * humidity, rtol=1e-12, atol=0.0)
+    assert float(anchor[1]) == pytest.approx(290.0, abs=1e-9)  # already saturated
+    assert bool(anchor[0] < temperature[0]) and bool(anchor[2] < temperature[2])
+
+
+def test_saturated_equivalent_gradients() -> None:
+    pressure = torch.tensor(9.5e4, dtype=F64)
+    temperature = torch.tensor([299.0, 303.0], dtype=F64, requires_grad=True)
+    # humidity in g kg-1 so that gradcheck's step is a sensible perturbation
+    grams = torch.tensor([15.0, 19.0], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t, g: saturated_equivalent_temperature(t, 1e-3 * g, pressure),
+        (temperature, grams),
+        check_forward_ad=True,
+    )
+    # against autograd through the Newton iterations themselves
+    custom = torch.autograd.functional.jacobian(
+        lambda t, g: saturated_equivalent_temperature(t, 1e-3 * g, pressure), (temperature, grams)
+    )
+    unrolled = torch.autograd.functional.jacobian(
+        lambda t, g: _saturated_equivalent_newton(t, 1e-3 * g, pressure)[0], (temperature, grams)
+    )
+    for a, b in zip(custom, unrolled, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    def objective(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return saturated_equivalent_temperature(t, 1e-3 * g, pressure).square().sum()
+
+    result = taylor_test(objective, [temperature.detach(), grams.detach()])
+    assert result.passed, result.rates
+
+
 # --------------------------------------------------------------------------------------------------
 # Moist Betts–Miller
 # --------------------------------------------------------------------------------------------------
@@ -209,13 +251,15 @@ def test_process_liveness_and_diagnostics() -> None:
     state = {
         "air_temperature": column(2, levels, 13).requires_grad_(),
         "latent_heat_flux": torch.tensor([100.0, 60.0], dtype=F64, requires_grad=True),
+        "specific_humidity": torch.full((2, levels), 0.015, dtype=F64, requires_grad=True),
     }
     report = check_gradients(
         process, (state,), names=["state"], checks=("taylor", "adjoint", "liveness")
     )
     assert report.passed, str(report)
     live = {r.target for r in report.results if r.check == "liveness" and r.passed}
-    assert {"relaxation_time", "state.latent_heat_flux", "state.air_temperature"} <= live
+    expected = {"relaxation_time", "state.latent_heat_flux", "state.air_temperature"}
+    assert expected | {"state.specific_humidity"} <= live  # the parcel's (lowest layer's) q
     _, diagnostics = process({k: v.detach() for k, v in state.items()})
     torch.testing.assert_close(
         diagnostics["convective_precipitation_flux"] * float(latent_heat_vaporization),
@@ -231,3 +275,26 @@ def test_relaxation_validation_messages() -> None:
         moist_betts_miller_tendency(temperature, pressure, thickness, -1.0, torch.zeros(1))
     with pytest.raises(ValueError, match="latent_heat_flux"):
         moist_betts_miller_tendency(temperature, pressure, thickness, 3600.0, torch.zeros(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_moist_convection_runs_on_cuda_and_matches_cpu() -> None:
+    levels = 12
+    pressure, thickness = grid(levels)
+    temperature = column(3, levels, seed=17)
+    latent = torch.tensor([90.0, 120.0, 60.0], dtype=F64)
+    humidity = torch.tensor([0.015, 0.017, 0.012], dtype=F64)
+    cpu, cpu_reference = moist_betts_miller_tendency(
+        temperature, pressure, thickness, 7200.0, latent, anchor_humidity=humidity
+    )
+    gpu, gpu_reference = moist_betts_miller_tendency(
+        temperature.cuda(),
+        pressure.cuda(),
+        thickness,
+        7200.0,
+        latent.cuda(),
+        anchor_humidity=humidity.cuda(),
+    )
+    torch.testing.assert_close(gpu.cpu(), cpu)
+    torch.testing.assert_close(gpu_reference.cpu(), cpu_reference)
