@@ -129,7 +129,9 @@ def test_surface_energy_budget_closes_with_evaporation_as_its_main_loss(solved) 
 
 def test_implicit_gradient_matches_finite_differences_and_every_parameter_is_live(solved) -> None:
     model, state = solved
-    pairs = gradients_and_central_differences(model, state)
+    # step 0.1 (raw units): the Newton tolerance (1e-3 K day-1) leaves noise of about 1e-3 in the
+    # loss, which at 0.02 is 10 % of the difference quotient for the weakly acting tau_c
+    pairs = gradients_and_central_differences(model, state, step=0.1)
     assert len(pairs) == len(LEARN)
     for name, (gradient, difference) in pairs.items():
         assert math.isfinite(gradient) and gradient != 0.0, name

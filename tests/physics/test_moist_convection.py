@@ -13,10 +13,12 @@ from climgrad.physics.moist_convection import (
     _saturated_equivalent_newton,
     moist_adiabat,
     moist_adiabat_kernel,
+    moist_adiabat_table,
     moist_betts_miller_kernel,
     moist_betts_miller_tendency,
     pseudoadiabatic_lapse_rate,
     saturated_equivalent_temperature,
+    tabulated_moist_adiabat,
 )
 from climgrad.physics.thermo import saturation_specific_humidity
 
@@ -107,6 +109,31 @@ def test_adiabat_taylor_rate_two() -> None:
 
     result = taylor_test(objective, [torch.tensor([298.0, 301.0], dtype=F64)])
     assert result.passed, result.rates
+
+
+def test_tabulated_adiabat_matches_the_integration_and_its_derivative() -> None:
+    pressure, _ = grid(40)
+    values, sensitivities = moist_adiabat_table(pressure)
+    anchors = torch.linspace(250.0, 330.0, 81, dtype=F64) + 0.123  # between the 0.5 K nodes
+    error = (
+        tabulated_moist_adiabat(anchors, values, sensitivities) - moist_adiabat(anchors, pressure)
+    ).abs()
+    assert float(error.max()) < 1e-4  # K, at the top layer
+    assert float(error[:, pressure > 1.0e4].max()) < 1e-5
+    point = torch.tensor([296.37, 301.81], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a: tabulated_moist_adiabat(a, values, sensitivities), (point,), check_forward_ad=True
+    )
+    tabulated = torch.autograd.functional.jacobian(
+        lambda a: tabulated_moist_adiabat(a, values, sensitivities), point
+    )
+    integrated = torch.autograd.functional.jacobian(lambda a: moist_adiabat(a, pressure), point)
+    torch.testing.assert_close(tabulated, integrated, rtol=0.0, atol=1e-4)
+    # exact at the nodes, value and slope
+    node = torch.tensor([300.0], dtype=F64)
+    torch.testing.assert_close(
+        tabulated_moist_adiabat(node, values, sensitivities), moist_adiabat(node, pressure)
+    )
 
 
 def test_adiabat_validation_messages() -> None:

@@ -50,6 +50,7 @@ is the undiluted parcel's; observed tropical profiles lie 1-2 K below it in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -77,11 +78,13 @@ __all__ = [
     "moist_adiabat",
     "moist_adiabat_kernel",
     "moist_adiabat_slope",
+    "moist_adiabat_table",
     "moist_betts_miller_kernel",
     "moist_betts_miller_relaxation",
     "moist_betts_miller_tendency",
     "pseudoadiabatic_lapse_rate",
     "saturated_equivalent_temperature",
+    "tabulated_moist_adiabat",
 ]
 
 _R_D = float(gas_constant_dry_air)
@@ -269,6 +272,116 @@ def moist_adiabat(anchor_temperature: Tensor, layer_pressure: Tensor, substeps: 
         raise ValueError(f"`substeps` must be a positive integer; got {substeps}.")
     pressure = layer_pressure.to(anchor_temperature)
     profile: Tensor = _MoistAdiabatFunction.apply(anchor_temperature, pressure, int(substeps))[0]
+    return profile
+
+
+#: Range and spacing (K) of the anchor temperatures :class:`MoistBettsMillerConvection` tabulates.
+TABLE_RANGE = (150.0, 350.0)
+TABLE_SPACING = 0.5
+
+
+def moist_adiabat_table(
+    layer_pressure: Tensor,
+    lowest: float = TABLE_RANGE[0],
+    highest: float = TABLE_RANGE[1],
+    spacing: float = TABLE_SPACING,
+    substeps: int = 2,
+) -> tuple[Tensor, Tensor]:
+    """Pseudo-adiabats and their sensitivities for anchors ``lowest, lowest + spacing, …, highest``.
+
+    One batched :func:`moist_adiabat` integration (with the variational equation), done once per
+    pressure grid, for :func:`tabulated_moist_adiabat`.
+
+    Returns:
+        ``(values, sensitivities)``, each ``(anchor, level)``: K and ``∂T_k/∂T_anchor`` (1).
+    """
+    check_pressure_levels("layer_pressure", layer_pressure)
+    count = round((highest - lowest) / spacing) + 1
+    anchors = lowest + spacing * torch.arange(count, dtype=layer_pressure.dtype)
+    anchors = anchors.to(layer_pressure.device)
+    return _moist_adiabat_with_sensitivity(anchors, layer_pressure, substeps)
+
+
+def _hermite(
+    anchor: Tensor, values: Tensor, sensitivities: Tensor, lowest: float, spacing: float
+) -> tuple[Tensor, Tensor]:
+    """Cubic Hermite interpolation of the table in the anchor, and its exact derivative."""
+    position = (anchor - lowest) / spacing
+    index = position.detach().floor().clamp(0, values.shape[0] - 2).long()
+    u = (position - index.to(position.dtype)).unsqueeze(-1)
+    v0, v1 = values[index], values[index + 1]
+    s0, s1 = sensitivities[index] * spacing, sensitivities[index + 1] * spacing
+    u2, u3 = u * u, u * u * u
+    profile = (
+        (2 * u3 - 3 * u2 + 1) * v0
+        + (u3 - 2 * u2 + u) * s0
+        + (3 * u2 - 2 * u3) * v1
+        + (u3 - u2) * s1
+    )
+    slope = (
+        (6 * u2 - 6 * u) * (v0 - v1) + (3 * u2 - 4 * u + 1) * s0 + (3 * u2 - 2 * u) * s1
+    ) / spacing
+    return profile, slope
+
+
+class _TabulatedAdiabatFunction(torch.autograd.Function):
+    """The tabulated pseudo-adiabat: backward ``Σ_k G_k ∂T_k/∂a``, forward mode ``∂T/∂a da``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        anchor: Tensor, values: Tensor, sensitivities: Tensor, lowest: float, spacing: float
+    ) -> tuple[Tensor, Tensor]:
+        return _hermite(anchor, values, sensitivities, lowest, spacing)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        _, slope = output
+        ctx.mark_non_differentiable(slope)
+        ctx.save_for_backward(slope)
+        ctx.save_for_forward(slope)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: Tensor, *_unused: Any) -> tuple[Tensor, None]:
+        (slope,) = ctx.saved_tensors
+        return slope * tangent.unsqueeze(-1), None
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_profile: Tensor, _grad_slope: Tensor | None) -> tuple[Any, ...]:
+        (slope,) = ctx.saved_tensors
+        return torch.linalg.vecdot(grad_profile, slope), None, None, None, None
+
+
+def tabulated_moist_adiabat(
+    anchor_temperature: Tensor,
+    values: Tensor,
+    sensitivities: Tensor,
+    lowest: float = TABLE_RANGE[0],
+    spacing: float = TABLE_SPACING,
+) -> Tensor:
+    """:func:`moist_adiabat` from a :func:`moist_adiabat_table`, by cubic Hermite interpolation.
+
+    The table holds the profiles and their exact sensitivities at anchors ``spacing`` apart, so the
+    interpolant matches both at the nodes (C¹ in the anchor: Newton's Jacobian has no jumps) and,
+    at 0.5 K spacing, is within 1e-4 K of the integrated profile at the top of a 40-layer column
+    and 3e-6 K below 100 hPa for anchors of 250-330 K (tested); its derivative is the
+    interpolant's own, used by the backward and forward modes. One gather and a dozen element-wise
+    operations instead of a Runge–Kutta sweep over the layers: about 30× faster for 40 layers.
+    Anchors outside the table are extrapolated by the end cubic (unphysical states only).
+
+    Args:
+        anchor_temperature: ``(...)`` in K.
+        values, sensitivities: The table, ``(anchor, level)``.
+        lowest, spacing: Its first anchor and spacing in K.
+
+    Returns:
+        ``(..., level)`` in K.
+    """
+    profile: Tensor = _TabulatedAdiabatFunction.apply(
+        anchor_temperature, values, sensitivities, float(lowest), float(spacing)
+    )[0]
     return profile
 
 
@@ -533,6 +646,7 @@ def moist_betts_miller_tendency(
     width: float = 1.0,
     substeps: int = 2,
     anchor_humidity: Tensor | None = None,
+    adiabat: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Moist Betts–Miller relaxation toward the pseudo-adiabat through the lowest layer.
 
@@ -553,6 +667,8 @@ def moist_betts_miller_tendency(
         substeps: Runge–Kutta steps per layer of the moist adiabat.
         anchor_humidity: Specific humidity ``(...)`` in kg kg-1 of the lowest layer's air (the
             parcel); ``None``: saturated.
+        adiabat: The reference profile of an anchor temperature (e.g. a
+            :func:`tabulated_moist_adiabat`); default :func:`moist_adiabat` with ``substeps``.
 
     Returns:
         ``(tendency, reference)``: ``(..., level)`` in K s-1 and the moist adiabat in K.
@@ -587,7 +703,10 @@ def moist_betts_miller_tendency(
     anchor = temperature[..., -1]
     if anchor_humidity is not None:
         anchor = saturated_equivalent_temperature(anchor, anchor_humidity, layer_pressure[-1])
-    reference = moist_adiabat(anchor, layer_pressure, substeps)
+    if adiabat is None:
+        reference = moist_adiabat(anchor, layer_pressure, substeps)
+    else:
+        reference = adiabat(anchor)
     tendency = moist_betts_miller_relaxation(
         temperature, reference, mass, time, flux / _C_P, float(width)
     )
@@ -618,6 +737,8 @@ class MoistBettsMillerConvection(Process):
     inputs = ("air_temperature", "latent_heat_flux")
     layer_pressure: Tensor
     layer_thickness: Tensor
+    adiabat_values: Tensor
+    adiabat_sensitivities: Tensor
 
     def __init__(
         self,
@@ -633,8 +754,23 @@ class MoistBettsMillerConvection(Process):
         self.register_buffer("layer_thickness", torch.as_tensor(layer_thickness))
         self.width = float(width)
         self.substeps = int(substeps)
+        values, sensitivities = moist_adiabat_table(
+            self.layer_pressure.double(), substeps=self.substeps
+        )
+        # Derived from the grid, not state: rebuilt on construction, not saved in checkpoints.
+        self.register_buffer("adiabat_values", values, persistent=False)
+        self.register_buffer("adiabat_sensitivities", sensitivities, persistent=False)
         #: τ_c, relaxation time toward the moist adiabat in s.
         self.relaxation_time = nn.Parameter(torch.tensor(float(relaxation_time)))
+
+    def adiabat(self, anchor_temperature: Tensor) -> Tensor:
+        """The pseudo-adiabat through ``anchor_temperature`` (K) from this grid's table."""
+        like = anchor_temperature
+        return tabulated_moist_adiabat(
+            anchor_temperature,
+            self.adiabat_values.to(like),
+            self.adiabat_sensitivities.to(like),
+        )
 
     def forward(self, state: State) -> tuple[Tendencies, Diagnostics]:
         temperature, latent = self.require(state)
@@ -648,6 +784,7 @@ class MoistBettsMillerConvection(Process):
             self.width,
             self.substeps,
             None if humidity is None else humidity[..., -1],
+            self.adiabat,
         )
         return {"air_temperature": tendency}, {
             "convective_heating_rate": tendency,
