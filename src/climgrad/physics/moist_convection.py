@@ -94,6 +94,13 @@ _L_V = float(latent_heat_vaporization)
 _G = float(gravity)
 
 
+def _keep_slope(ctx: Any, slope: Tensor) -> None:
+    """Save a Function's second output, its derivative, for the backward and forward modes."""
+    ctx.mark_non_differentiable(slope)
+    ctx.save_for_backward(slope)
+    ctx.save_for_forward(slope)
+
+
 # ==================================================================================================
 # (a) The moist pseudo-adiabat
 # ==================================================================================================
@@ -225,10 +232,7 @@ class _MoistAdiabatFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        _, sensitivity = output
-        ctx.mark_non_differentiable(sensitivity)
-        ctx.save_for_backward(sensitivity)
-        ctx.save_for_forward(sensitivity)
+        _keep_slope(ctx, output[1])
 
     @staticmethod
     def jvp(
@@ -337,10 +341,7 @@ class _TabulatedAdiabatFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        _, slope = output
-        ctx.mark_non_differentiable(slope)
-        ctx.save_for_backward(slope)
-        ctx.save_for_forward(slope)
+        _keep_slope(ctx, output[1])
 
     @staticmethod
     def jvp(ctx: Any, tangent: Tensor, *_unused: Any) -> tuple[Tensor, None]:
@@ -417,10 +418,7 @@ class _SaturatedEquivalentFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        _, slope = output
-        ctx.mark_non_differentiable(slope)
-        ctx.save_for_backward(slope)
-        ctx.save_for_forward(slope)
+        _keep_slope(ctx, output[1])
 
     @staticmethod
     def jvp(
