@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import tempfile
@@ -90,14 +89,9 @@ def _worker(
 ) -> None:
     """One rank: build, solve once, warm up, time ``steps`` Adam steps; write its samples."""
     torch.set_num_threads(settings["threads"])
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(process_rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(process_rank),
-    )
     from climgrad.calibration import distributed
+
+    distributed.loopback_environment(process_rank, world, port)
     from climgrad.calibration.experiment import build_experiment
     from climgrad.calibration.methods import GradientMethod
     from climgrad.params import display_names

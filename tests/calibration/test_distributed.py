@@ -70,13 +70,7 @@ def _files(run_dir: Path) -> set[str]:
 def _rank(process_rank: int, world: int, port: int, folder: str) -> None:
     """One rank: loss and gradient at the start, a run, and a run stopped and resumed."""
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(process_rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(process_rank),
-    )
+    distributed.loopback_environment(process_rank, world, port)
     overrides = [*TWIN, "trainer.distributed=true"]
     config = as_config(compose_config(overrides))
     group = distributed.setup(config.trainer, timeout=timedelta(seconds=180))

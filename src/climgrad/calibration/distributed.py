@@ -60,6 +60,7 @@ __all__ = [
     "all_reduce_sum",
     "assign_sites",
     "is_main_process",
+    "loopback_environment",
     "rank",
     "resolve_backend",
     "setup",
@@ -181,6 +182,22 @@ class ProcessGroup:
         value = [str(path)]
         dist.broadcast_object_list(value, src=0)
         return Path(value[0])
+
+
+def loopback_environment(process_rank: int, world: int, port: int) -> None:
+    """Set what torchrun would for rank ``process_rank`` of ``world`` on this machine.
+
+    For ranks started without torchrun (e.g. ``torch.multiprocessing.spawn`` in benchmarks and
+    tests): ``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT=port`` (a free TCP port), ``RANK`` and
+    ``LOCAL_RANK`` = ``process_rank``, ``WORLD_SIZE`` = ``world``; then :func:`setup` joins.
+    """
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(process_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(process_rank),
+    )
 
 
 def setup(trainer: TrainerConfig, *, timeout: timedelta | None = None) -> ProcessGroup | None:

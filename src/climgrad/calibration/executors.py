@@ -702,15 +702,7 @@ def acquire_executor(settings: ExecutorSettings) -> tuple[MemberExecutor, Callab
 
 def _sharing_key(settings: ExecutorSettings) -> ExecutorSettings:
     # Chunking and caching do not change the workers.
-    return ExecutorSettings(
-        kind=settings.kind,
-        workers=settings.workers,
-        dask_cluster=settings.dask_cluster,
-        dask_address=settings.dask_address,
-        dask_cluster_kwargs=settings.dask_cluster_kwargs,
-        dask_scale=settings.dask_scale,
-        dask_config=settings.dask_config,
-    )
+    return dataclasses.replace(settings, chunk_size=None, member_cache=False)
 
 
 def _close_quietly(executor: MemberExecutor) -> None:
